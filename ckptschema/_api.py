@@ -1,0 +1,557 @@
+"""The public functions: save, load, dumps, loads, read_manifest, manifest_of, validate."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _storage
+from ._dtypes import BY_CODE, DTYPES, jax_can_hold
+from ._limits import MAX_HEADER_BYTES
+from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
+from ._manifest import FORMAT_VERSION, Manifest, parse_manifest
+from ._storage import MANIFEST_KEY, Header, Source
+from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
+from ._validate import Report, compare
+
+__all__ = ["dumps", "load", "loads", "manifest_of", "read_manifest", "save", "validate"]
+
+PathLike = str | os.PathLike[str]
+Subtree = str | tuple[KeyPart, ...] | None
+
+
+# ---------------------------------------------------------------------------------- saving
+
+
+class _Plan:
+    """Everything a save writes, built once: the manifest data, the arrays, the header."""
+
+    def __init__(
+        self,
+        tree: Any,
+        *,
+        metadata: Mapping[str, str] | None,
+        separator: str,
+        framework: str | None,
+        checksum: str | None,
+    ) -> None:
+        if checksum not in ("sha256", None):
+            raise CkptSchemaError(f"checksum={checksum!r} is not supported; use 'sha256' or None")
+        if not isinstance(separator, str) or not separator:
+            raise CkptSchemaError(f"separator={separator!r} must be a non-empty string")
+        flat = flatten(tree, separator)
+        self.framework = framework or flat.framework or "jax"
+        self.metadata = _user_metadata(metadata, self.framework)
+        self.checksum = checksum
+        self.data: dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "framework": self.framework,
+            "separator": separator,
+            "checksum": checksum,
+            "skeleton": flat.skeleton,
+        }
+        self.nodes = [n for _, n in iter_nodes(flat.skeleton) if n["kind"] == "tensor"]
+        self.arrays = [_storage.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]]) for n in self.nodes]
+        self.manifest = self._validated()
+
+    def _validated(self) -> Manifest:
+        try:
+            return Manifest.from_data(self.data)
+        except ValueError as e:
+            raise CkptSchemaError(f"this tree cannot be described by a manifest: {e}") from e
+
+    def set_digests(self, digests: list[str | None]) -> None:
+        for node, digest in zip(self.nodes, digests):
+            if digest is None:
+                node.pop("digest", None)
+            else:
+                node["digest"] = digest
+
+    def header(self, digests: list[str | None]) -> bytes:
+        self.set_digests(digests)
+        manifest = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+        entries = [
+            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(tuple(n["shape"])), a.nbytes)
+            for n, a in zip(self.nodes, self.arrays)
+        ]
+        return _storage.header_bytes(entries, {**self.metadata, MANIFEST_KEY: manifest})
+
+    def write(self, out: Any) -> Manifest:
+        digests = _storage.write_file(out, self.header, self.arrays, hashes=self.checksum is not None)
+        self.set_digests(digests)
+        return self._validated()
+
+
+def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:
+    result = {"format": "flax"} if framework.startswith("flax") else {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CkptSchemaError(f"metadata must map str to str; got {key!r}: {type(value).__name__}")
+        if key == MANIFEST_KEY:
+            raise CkptSchemaError(f"metadata key {MANIFEST_KEY!r} is reserved for the manifest")
+        result[key] = value
+    return result
+
+
+def save(
+    path: PathLike,
+    tree: Any,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    separator: str = ".",
+    framework: str | None = None,
+    checksum: str | None = "sha256",
+) -> Manifest:
+    """Save a pytree as a safetensors file whose header holds its manifest.
+
+    The write is atomic: a reader, or a crash at any instant, sees the old file or the
+    new one. Tensors are streamed from their own buffers; nothing concatenates them.
+
+    Args:
+        path: the file to write.
+        tree: any pytree of arrays, Python scalars and containers.
+        metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
+        separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
+        framework: recorded in the manifest; detected from the tree's types if omitted.
+        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+
+    Returns:
+        The `Manifest` written, checksums included.
+
+    Raises:
+        CkptSchemaError: for a leaf that cannot be stored, or two leaves whose keys collide.
+
+    Example:
+        >>> import jax.numpy as jnp, ckptschema
+        >>> params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
+        >>> manifest = ckptschema.save(tmp_path / "model.safetensors", {"params": params})
+        >>> sorted(manifest.tensors)
+        ['params.Dense_0.bias', 'params.Dense_0.kernel']
+    """
+    plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    try:
+        with _storage.atomic_file(path) as out:
+            return plan.write(out)
+    except OSError as e:
+        raise CkptSchemaError(f"{os.fspath(path)}: cannot write ({e.strerror or e})") from e
+
+
+def dumps(tree: Any, **save_kwargs: Any) -> bytes:
+    """The bytes `save` would write, as a `bytes` object.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> data = ckptschema.dumps({"w": np.arange(3, dtype=np.int32)})
+        >>> ckptschema.loads(data)["w"].tolist()
+        [0, 1, 2]
+    """
+    import io
+
+    plan = _Plan(tree, **_save_options(save_kwargs))
+    out = io.BytesIO()
+    plan.write(out)
+    return out.getvalue()
+
+
+def manifest_of(tree: Any, **save_kwargs: Any) -> Manifest:
+    """The `Manifest` that `save` would record for a tree, checksums included.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> ckptschema.manifest_of({"w": np.zeros(2, np.float32)}).tensors["w"].digest[:12]
+        'f5a5fd42d16a'
+    """
+    plan = _Plan(tree, **_save_options(save_kwargs))
+    plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
+    return plan._validated()
+
+
+def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"metadata", "separator", "framework", "checksum"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise TypeError(f"unexpected save option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return {"metadata": None, "separator": ".", "framework": None, "checksum": "sha256", **kwargs}
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+@contextlib.contextmanager
+def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple[Source, Header, Manifest | None]]:
+    src = _storage.open_source(source)
+    try:
+        header = _storage.read_header(src)
+        text = header.manifest_text
+        manifest = None if text is None else parse_manifest(text, src.name)
+        if manifest is not None:
+            _check_manifest_matches_header(manifest, header, src.name)
+        yield src, header, manifest
+    finally:
+        src.close()
+
+
+def _check_manifest_matches_header(manifest: Manifest, header: Header, where: str) -> None:
+    problems = []
+    tensors = manifest.tensors
+    for key, node in tensors.items():
+        entry = header.entries.get(key)
+        dtype = DTYPES[node.dtype]
+        if entry is None:
+            problems.append(f"manifest tensor {key!r} is not in the header")
+        elif entry.code != dtype.code or list(entry.shape) != dtype.header_shape(tuple(node.shape)):
+            problems.append(
+                f"tensor {key!r} is {node.dtype}{node.shape} in the manifest but {entry.code}{list(entry.shape)} in the header"
+            )
+    problems += [f"header tensor {key!r} is not in the manifest" for key in header.entries.keys() - tensors.keys()]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise FormatError(f"{where}: manifest and header disagree: {'; '.join(problems[:5])}{more}")
+
+
+def read_manifest(path: PathLike) -> Manifest:
+    """Read a checkpoint's manifest from its header; no tensor bytes are read.
+
+    Raises:
+        FormatError: if the file is not a valid checkpoint or has no manifest.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> _ = ckptschema.save(tmp_path / "m.safetensors", {"w": np.zeros((2, 2), np.float16)})
+        >>> ckptschema.read_manifest(tmp_path / "m.safetensors").tensors["w"].shape
+        [2, 2]
+    """
+    with _opened(path) as (src, _, manifest):
+        if manifest is None:
+            raise FormatError(f"{src.name}: no ckptschema manifest in the header (a plain safetensors file)")
+        return manifest
+
+
+def _read(source: Source, header: Header, key: str, dtype_name: str, shape: list[int], digest: str | None, verify: bool) -> np.ndarray:
+    array = _storage.read_tensor(source, header.entries[key], DTYPES[dtype_name], tuple(shape))
+    if verify:
+        _storage.verify(array, digest, key, source.name)
+    return array
+
+
+def _place(array: np.ndarray, dtype_name: str, like: Any = None) -> Any:
+    """Put a loaded array where the template leaf says: numpy, its sharding, or the default device."""
+    if isinstance(like, np.generic):
+        return array[()]
+    if isinstance(like, np.ndarray) or not jax_can_hold(dtype_name):
+        return array
+    sharding = getattr(like, "sharding", None)
+    return jax.device_put(array, sharding) if sharding is not None else jax.device_put(array)
+
+
+def _scalar_like(value: Any, like: Any) -> Any:
+    """A file scalar in the form of its template leaf (a Python scalar or a 0-d array)."""
+    if isinstance(like, (bool, int, float, str)):
+        return value
+    dtype = np.dtype(like.dtype)
+    if isinstance(like, np.ndarray | np.generic):
+        return np.asarray(value, dtype)
+    array = jax.numpy.asarray(value)
+    return array if array.dtype == dtype else jax.numpy.asarray(value, dtype)
+
+
+def _select(manifest: Manifest, subtree: Subtree, where: str) -> tuple[dict[str, Any], tuple[KeyPart, ...]]:
+    root = manifest.data["skeleton"]
+    if subtree is None:
+        return root, ()
+    for path, node in iter_nodes(root):
+        if isinstance(subtree, tuple):
+            if path == subtree:
+                return node, path
+        elif manifest.separator.join(map(str, path)) == subtree and path:
+            return node, path
+    raise CkptSchemaError(f"{where}: no subtree {subtree!r} in the checkpoint (paths join with {manifest.separator!r})")
+
+
+def load(
+    path: PathLike,
+    template: Any = None,
+    *,
+    strict: bool = True,
+    subtree: Subtree = None,
+    verify: bool = False,
+    separator: str | None = None,
+) -> Any:
+    """Load a checkpoint, checked against a template when one is given.
+
+    Without a template the exact saved tree comes back (containers, key order and types,
+    None, namedtuples, FrozenDict, scalars) with `jax.Array` leaves. With a template,
+    everything is checked before any tensor is read: structure, paths, shapes, dtypes.
+    Nothing is cast or broadcast. The result has the template's own types and each leaf is
+    placed like its template leaf.
+
+    Args:
+        path: the checkpoint file.
+        template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`
+            (e.g. ``jax.eval_shape(model.init, ...)``) or Python scalars.
+        strict: if False, tensors in the file that the template lacks are allowed
+            (reported as a warning); missing ones are still an error.
+        subtree: load only this part, as a separator-joined path (``"params.Dense_0"``)
+            or a tuple of keys; only its bytes are read.
+        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+        separator: for files without a manifest, the separator that joined their keys.
+
+    Returns:
+        The tree.
+
+    Raises:
+        ValidationError: listing every mismatch with the template, by path.
+        FormatError: if the file is not a valid checkpoint.
+        IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ckptschema
+        >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+        >>> _ = ckptschema.save(tmp_path / "p.safetensors", params)
+        >>> abstract = jax.eval_shape(lambda: params)
+        >>> ckptschema.load(tmp_path / "p.safetensors", template=abstract)["w"].shape
+        (2, 3)
+    """
+    with _opened(path) as (source, header, manifest):
+        return _load(source, header, manifest, template, strict, subtree, verify, separator)
+
+
+def loads(data: bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any) -> Any:
+    """Load a checkpoint from bytes (as made by `dumps`); same options as `load`.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> ckptschema.loads(ckptschema.dumps({"a": [1, 2.5, None]}))
+        {'a': [1, 2.5, None]}
+    """
+    options = {"strict": True, "subtree": None, "verify": False, "separator": None, **load_kwargs}
+    with _opened(data) as (source, header, manifest):
+        return _load(source, header, manifest, template, **options)
+
+
+def _load(
+    source: Source,
+    header: Header,
+    manifest: Manifest | None,
+    template: Any,
+    strict: bool,
+    subtree: Subtree,
+    verify: bool,
+    separator: str | None,
+) -> Any:
+    if manifest is None:
+        return _load_plain(source, header, template, strict, subtree, verify, separator or ".")
+    node, prefix = _select(manifest, subtree, source.name)
+
+    def read(n: dict[str, Any]) -> np.ndarray:
+        return _read(source, header, n["key"], n["dtype"], n["shape"], n.get("digest"), verify)
+
+    if template is None:
+        return unflatten(node, lambda n: _place(read(n), n["dtype"]))
+    expected = flatten(template, manifest.separator, template=True).skeleton
+    result = compare(node, expected, prefix)
+    _raise_or_warn(result.issues, strict, source.name)
+
+    def fill(t: dict[str, Any]) -> Any:
+        found = result.pairs[id(t)]
+        if found["kind"] == "scalar":
+            return _scalar_like(scalar_value(found), t["_like"])
+        return _place(read(found), found["dtype"], t["_like"])
+
+    return rebuild(expected, fill)
+
+
+def _raise_or_warn(issues: list[Issue], strict: bool, where: str) -> None:
+    if not strict:
+        unexpected = [i for i in issues if i.kind == "unexpected"]
+        issues = [i for i in issues if i.kind != "unexpected"]
+        if unexpected:
+            paths = ", ".join(i.path for i in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+            warnings.warn(f"{where}: ignored {len(unexpected)} tensor(s) not in the template: {paths}", stacklevel=4)
+    if issues:
+        hint = ""
+        if strict and any(i.kind == "unexpected" for i in issues):
+            hint = "pass strict=False to ignore tensors the template does not have"
+        raise ValidationError(f"{where} does not match the template", issues, hint)
+
+
+# ------------------------------------------------------------------- files with no manifest
+
+
+def _plain_candidates(skeleton: dict[str, Any], separator: str) -> Iterator[tuple[dict[str, Any], tuple[KeyPart, ...], list[str]]]:
+    """Each template leaf with the keys other tools give it: ``a.b.0`` and pytree2safetensors' ``@a@b#0``."""
+
+    def walk(node: dict[str, Any], path: tuple[KeyPart, ...], p2s: str) -> Iterator[Any]:
+        kind = node["kind"]
+        if kind in ("tensor", "scalar"):
+            yield node, path, [separator.join(map(str, path)), p2s]
+        elif kind == "wrapper":
+            yield from walk(node["child"], path, p2s)
+        elif kind in ("list", "tuple"):
+            for i, c in enumerate(node["children"]):
+                yield from walk(c, (*path, i), f"{p2s}#{i}")
+        elif kind == "dict":
+            for k, c in zip(node["keys"], node["children"]):
+                yield from walk(c, (*path, k), f"{p2s}@{k}")
+        elif kind == "namedtuple":
+            for f, c in zip(node["fields"], node["children"]):
+                yield from walk(c, (*path, f), f"{p2s}.{f}")
+        elif kind == "node":
+            for k, c in zip(node["keys"], node["children"]):
+                yield from walk(c, (*path, k), f"{p2s}#{k}" if isinstance(k, int) else f"{p2s}.{k}")
+
+    return walk(skeleton, (), "")
+
+
+def _load_plain(
+    source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, verify: bool, separator: str
+) -> Any:
+    if template is None:
+        if subtree is not None:
+            raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
+        return {
+            key: _place(_storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape), BY_CODE.get(e.code, DTYPES["uint8"]).name)
+            for key, e in header.entries.items()
+        }
+    expected = flatten(template, separator, template=True).skeleton
+    issues: list[Issue] = []
+    matched: dict[int, str] = {}
+    for node, path, candidates in _plain_candidates(expected, separator):
+        key = next((k for k in candidates if k in header.entries), None)
+        what = _describe_expected(node)
+        if key is None:
+            issues.append(Issue("missing", keypath(path), None, what))
+            continue
+        entry = header.entries[key]
+        dtype = BY_CODE.get(entry.code)
+        found = f"{dtype.name if dtype else entry.code}"
+        want_shape = tuple(node["shape"]) if node["kind"] == "tensor" else ()
+        want_dtype = node["dtype"] if node["kind"] == "tensor" else None
+        if entry.shape != want_shape:
+            issues.append(Issue("shape", keypath(path), str(entry.shape), str(want_shape)))
+        elif want_dtype is not None and found != want_dtype:
+            issues.append(Issue("dtype", keypath(path), found, want_dtype))
+        elif want_dtype is None and not _scalar_tensor_ok(dtype, node["type"]):
+            issues.append(Issue("dtype", keypath(path), found, node["type"]))
+        else:
+            matched[id(node)] = key
+    for key in header.entries.keys() - set(matched.values()):
+        e = header.entries[key]
+        issues.append(Issue("unexpected", key, f"{e.code}{list(e.shape)}", None))
+    _raise_or_warn(issues, strict, source.name)
+
+    def fill(t: dict[str, Any]) -> Any:
+        key = matched[id(t)]
+        entry = header.entries[key]
+        dtype = BY_CODE[entry.code]
+        array = _storage.read_tensor(source, entry, dtype, entry.shape)
+        if t["kind"] == "scalar":
+            return type(t["_like"])(array[()].item())
+        return _place(array, dtype.name, t["_like"])
+
+    return rebuild(expected, fill)
+
+
+def _describe_expected(node: dict[str, Any]) -> str:
+    if node["kind"] == "tensor":
+        return f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
+    return f"{node['type']} scalar"
+
+
+def _scalar_tensor_ok(dtype: Any, kind: str) -> bool:
+    if dtype is None:
+        return False
+    np_dtype = dtype.numpy
+    return {
+        "bool": np_dtype == np.bool_,
+        "int": np.issubdtype(np_dtype, np.integer),
+        "float": np.issubdtype(np_dtype, np.floating),
+    }.get(kind, False)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = False) -> Report:
+    """Check a checkpoint without loading it; mismatches are reported, never raised.
+
+    Args:
+        source: the checkpoint file (or its bytes).
+        against: what to check it against: None (the file alone), a `Manifest` or the path
+            of a schema document (``ckptschema schema`` output: also compares scalar values
+            and checksums), or a template pytree.
+        deep: also re-hash every tensor and compare with the recorded checksums.
+
+    Returns:
+        A `Report`; ``report.ok`` is True when nothing is wrong.
+
+    Raises:
+        FormatError: if the file (or schema) cannot be read at all.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> data = ckptschema.dumps({"w": np.zeros(3, np.float32)})
+        >>> ckptschema.validate(data, deep=True).ok
+        True
+    """
+    with _opened(source) as (src, header, manifest):
+        if manifest is None:
+            if against is None or isinstance(against, (Manifest, str, os.PathLike)):
+                return Report(src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")])
+            try:
+                _load_plain(src, header, against, True, None, False, ".")
+            except ValidationError as e:
+                return Report(src.name, e.issues)
+            return Report(src.name, [])
+        issues = _against(manifest, against)
+        if deep:
+            issues += _deep_issues(src, header, manifest)
+        return Report(src.name, issues)
+
+
+def _against(manifest: Manifest, against: Any) -> list[Issue]:
+    root = manifest.data["skeleton"]
+    if against is None:
+        return []
+    if isinstance(against, (str, os.PathLike)):
+        against = load_schema(against)
+    if isinstance(against, Manifest):
+        return compare(root, against.data["skeleton"], against="schema", values=True).issues
+    expected = flatten(against, manifest.separator, template=True).skeleton
+    return compare(root, expected).issues
+
+
+def _deep_issues(source: Source, header: Header, manifest: Manifest) -> list[Issue]:
+    issues = []
+    for path, node in iter_nodes(manifest.data["skeleton"]):
+        if node["kind"] == "tensor" and node.get("digest"):
+            array = _read(source, header, node["key"], node["dtype"], node["shape"], None, False)
+            actual = _storage.digest(array)
+            if actual != node["digest"]:
+                issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
+    return issues
+
+
+def load_schema(path: PathLike) -> Manifest:
+    """Read a schema document (``ckptschema schema`` output) as a `Manifest`.
+
+    Raises:
+        FormatError: if it cannot be read or is not a valid manifest.
+    """
+    where = os.fspath(path)
+    try:
+        with open(where, encoding="utf-8") as f:
+            text = f.read(MAX_HEADER_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{where}: cannot read schema ({e})") from e
+    if len(text) > MAX_HEADER_BYTES:
+        raise FormatError(f"{where}: schema larger than {MAX_HEADER_BYTES} characters")
+    return parse_manifest(text, where)
+

@@ -1,0 +1,105 @@
+"""The allow-list of framework containers the core can rebuild without a template.
+
+The core imports no framework. A framework adapter (``ckptschema.flax``,
+``ckptschema.objax``) registers its containers here when it is imported; the core imports an
+adapter only from the fixed table `ADAPTERS`, either because a tree being saved holds a type
+from that framework (so the framework is already imported) or because a manifest names one
+of its containers. Nothing named in a file is ever imported by that name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from ._errors import CkptSchemaError
+
+__all__ = ["ADAPTERS", "Container", "find", "lookup", "register"]
+
+#: Top-level module of a framework -> the ckptschema adapter that knows its containers.
+ADAPTERS = {"flax": "ckptschema.flax", "objax": "ckptschema.objax"}
+
+#: Python's own dict types that keep their identity in a manifest.
+_BUILTIN = "collections.OrderedDict"
+
+
+@dataclasses.dataclass(frozen=True)
+class Container:
+    """How one framework container is walked and rebuilt.
+
+    A ``dict`` container is a mapping of str or int keys (FrozenDict, nnx State, objax
+    VarCollection). A ``wrapper`` holds one child and JSON-scalar metadata (an nnx
+    Variable, an objax Var); it adds no part to tensor keys or paths.
+    """
+
+    name: str
+    framework: str
+    kind: Literal["dict", "wrapper"]
+    match: Callable[[Any], bool]
+    build: Callable[..., Any]
+    unwrap: Callable[[Any], Any] | None = None
+    metadata: Callable[[Any], dict[str, Any]] | None = None
+    rebuild_like: Callable[[Any, Any], Any] | None = None
+    items: Callable[[Any], Any] = dict.items
+
+
+_REGISTRY: dict[str, Container] = {}
+_BY_TYPE: dict[type, Container | None] = {}
+
+
+def register(*containers: Container) -> None:
+    """Add framework containers to the allow-list (called by the framework adapters)."""
+    for c in containers:
+        _REGISTRY[c.name] = c
+    _BY_TYPE.clear()
+
+
+def _load_adapter(top: str) -> None:
+    module = ADAPTERS.get(top)
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise CkptSchemaError(
+                f"this checkpoint holds {top} containers but {top} cannot be imported ({e}); "
+                f"install it with: pip install 'ckptschema[{top}]'"
+            ) from e
+
+
+def find(obj: Any) -> Container | None:
+    """The registered container `obj` is an instance of, or None."""
+    cls = type(obj)
+    if cls in _BY_TYPE:
+        return _BY_TYPE[cls]
+    top = (cls.__module__ or "").partition(".")[0]
+    if top in ADAPTERS and not any(c.framework.startswith(top) for c in _REGISTRY.values()):
+        _load_adapter(top)
+    found = next((c for c in _REGISTRY.values() if c.match(obj)), None)
+    _BY_TYPE[cls] = found
+    return found
+
+
+def lookup(name: str) -> Container:
+    """The container a manifest names; `KeyError` if it is not on the allow-list."""
+    if name not in _REGISTRY:
+        _load_adapter(name.partition(".")[0])
+    return _REGISTRY[name]
+
+
+def _ordered_dict(children: Mapping[Any, Any], metadata: Any = None) -> Any:
+    import collections
+
+    return collections.OrderedDict(children)
+
+
+register(
+    Container(
+        name=_BUILTIN,
+        framework="jax",
+        kind="dict",
+        match=lambda obj: type(obj).__module__ == "collections" and type(obj).__name__ == "OrderedDict",
+        build=_ordered_dict,
+    )
+)

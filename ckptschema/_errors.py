@@ -1,0 +1,95 @@
+"""The exception hierarchy and the `Issue` record that validation errors carry."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+__all__ = ["CkptSchemaError", "FormatError", "IntegrityError", "Issue", "ValidationError"]
+
+#: Order in which issue kinds are grouped in messages and reports.
+ISSUE_KINDS = ("missing", "unexpected", "shape", "dtype", "structure", "value", "checksum")
+
+
+class CkptSchemaError(Exception):
+    """Base class of every error ckptschema raises for a bad file, tree or template."""
+
+
+class FormatError(CkptSchemaError):
+    """The file is not a valid, supported safetensors/ckptschema file.
+
+    Example:
+        >>> import ckptschema
+        >>> try:
+        ...     ckptschema.loads(b"not a checkpoint")
+        ... except ckptschema.FormatError as e:
+        ...     print(type(e).__name__)
+        FormatError
+    """
+
+
+class IntegrityError(CkptSchemaError):
+    """A tensor's bytes do not match the checksum recorded when it was saved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One mismatch between a checkpoint and what it was checked against.
+
+    Attributes:
+        kind: one of ``missing``, ``unexpected``, ``shape``, ``dtype``, ``structure``,
+            ``value``, ``checksum``.
+        path: the key path, parts joined by ``/`` (``params/Dense_0/kernel``); ``<root>``
+            for the whole tree.
+        found: what the checkpoint holds there (``None`` when it holds nothing).
+        expected: what the template or schema wants there (``None`` when it wants nothing).
+        against: what the file was compared with: ``template`` or ``schema``.
+    """
+
+    kind: str
+    path: str
+    found: str | None
+    expected: str | None
+    against: str = "template"
+
+    def __str__(self) -> str:
+        if self.kind == "missing":
+            return f"{self.path}: {self.expected} in {self.against}, not in file"
+        if self.kind == "unexpected":
+            return f"{self.path}: {self.found} in file, not in {self.against}"
+        return f"{self.path}: {self.kind} {self.found} in file, {self.expected} in {self.against}"
+
+
+def format_issues(issues: Sequence[Issue], indent: str = "  ") -> str:
+    """Render issues grouped by kind, one line each, in `ISSUE_KINDS` order."""
+    lines = []
+    for kind in ISSUE_KINDS:
+        group = [i for i in issues if i.kind == kind]
+        if group:
+            lines.append(f"{indent}{kind} ({len(group)}):")
+            lines.extend(f"{indent}  {i}" for i in group)
+    return "\n".join(lines)
+
+
+class ValidationError(CkptSchemaError):
+    """A checkpoint does not match its template or schema.
+
+    The message lists every problem, one line each, grouped by kind; `issues` holds them
+    as `Issue` records.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> data = ckptschema.dumps({"w": np.zeros((3, 4), np.float32)})
+        >>> try:
+        ...     ckptschema.loads(data, template={"w": np.zeros((4, 4), np.float32)})
+        ... except ckptschema.ValidationError as e:
+        ...     print(e.issues[0])
+        w: shape (3, 4) in file, (4, 4) in template
+    """
+
+    def __init__(self, where: str, issues: Sequence[Issue], hint: str = "") -> None:
+        self.where = where
+        self.issues = list(issues)
+        n = len(self.issues)
+        message = f"{where} ({n} problem{'s' if n != 1 else ''}):\n{format_issues(self.issues)}"
+        super().__init__(message + (f"\n{hint}" if hint else ""))

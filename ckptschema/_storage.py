@@ -1,0 +1,365 @@
+"""The only module that touches safetensors bytes, files and the OS.
+
+Reading trusts nothing: a path must be a regular file (a FIFO or device would hang or
+never end), the header length is checked against the file size before anything is
+allocated, the header JSON is parsed with caps and duplicate-key rejection, and every
+tensor entry is checked (known dtype, rank, byte length equal to its shape, offsets that
+tile the data section exactly). Tensor bytes are read with positioned reads into fresh,
+64-byte aligned buffers, never through mmap, so a file truncated by another writer gives
+an error instead of SIGBUS.
+
+Writing streams each tensor from its own buffer into a temporary file in the target's
+directory, fsyncs it, renames it over the target and fsyncs the directory: a crash at any
+instant leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import stat
+import struct
+import tempfile
+from collections.abc import Iterator
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+
+from ._dtypes import BY_CODE, DType
+from ._errors import FormatError, IntegrityError
+from ._limits import MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
+from ._manifest import strict_json
+
+__all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tensor", "write_file"]
+
+MANIFEST_KEY = "ckptschema"
+_ALIGN = 64
+_HASH_IN_THREAD = 4 << 20  # tensors this large are hashed on a second core while writing
+
+
+class Source(Protocol):
+    """Random access to the bytes of one checkpoint (a local file, bytes, later fsspec)."""
+
+    name: str
+    size: int
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill `buffer` with the bytes at `offset`, or raise `FormatError`."""
+
+    def close(self) -> None:
+        """Release the underlying file."""
+
+
+class FileSource:
+    """A local regular file read with positioned reads (``os.preadv``), never mapped."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        try:
+            fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise FormatError(f"{self.name}: cannot open ({e.strerror or e})") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{self.name}: not a regular file; checkpoints are read from regular files only")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = st.st_size
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        view = buffer.cast("B") if buffer.format != "B" else buffer
+        done = 0
+        while done < len(view):
+            try:
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+            except OSError as e:
+                raise FormatError(f"{self.name}: read failed at byte {offset + done} ({e.strerror or e})") from e
+            if n == 0:
+                raise FormatError(
+                    f"{self.name}: file ended at byte {offset + done}, expected {len(view) - done} more bytes "
+                    f"(was it truncated while being read?)"
+                )
+            done += n
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class BytesSource:
+    """A checkpoint held in memory (`ckptschema.loads`)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, name: str = "<bytes>") -> None:
+        self.name = name
+        self.data = memoryview(data).cast("B")
+        self.size = len(self.data)
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        view = buffer.cast("B") if buffer.format != "B" else buffer
+        end = offset + len(view)
+        if end > self.size:
+            raise FormatError(f"{self.name}: data ends at byte {self.size}, expected {end}")
+        view[:] = self.data[offset:end]
+
+    def close(self) -> None:
+        self.data.release()
+
+
+def open_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Source:
+    """A `Source` for a path or an in-memory checkpoint."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return BytesSource(source)
+    return FileSource(source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor of a safetensors header: its code, shape and absolute byte range."""
+
+    code: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """A checked safetensors header."""
+
+    entries: dict[str, Entry]
+    metadata: dict[str, str]
+    data_start: int
+
+    @property
+    def manifest_text(self) -> str | None:
+        return self.metadata.get(MANIFEST_KEY)
+
+
+def _bytes_per_element(code: str) -> int:
+    dtype = BY_CODE.get(code)
+    if dtype is not None:
+        return dtype.numpy.itemsize
+    if code == "U8":
+        return 1
+    raise KeyError(code)
+
+
+def read_header(source: Source) -> Header:
+    """Read and check the safetensors header of `source` (no tensor bytes are read).
+
+    Raises:
+        FormatError: naming the file and what is wrong with its header.
+    """
+    where = source.name
+    if source.size < 8:
+        raise FormatError(f"{where}: {source.size} bytes is too short for a safetensors file (needs 8+)")
+    prefix = bytearray(8)
+    source.read_into(0, memoryview(prefix))
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_HEADER_BYTES:
+        raise FormatError(f"{where}: header of {length} bytes exceeds MAX_HEADER_BYTES={MAX_HEADER_BYTES}")
+    if 8 + length > source.size:
+        raise FormatError(f"{where}: header claims {length} bytes but the file has {source.size - 8} after its length")
+    raw = bytearray(length)
+    source.read_into(8, memoryview(raw))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{where}: header is not UTF-8 ({e.reason} at byte {8 + e.start})") from e
+    if not text.startswith("{"):
+        raise FormatError(f"{where}: header does not start with '{{' (found {text[:1]!r}); not a safetensors file")
+    try:
+        header = strict_json(text.rstrip(" "), "header", max_objects=MAX_TENSORS + 2)
+    except ValueError as e:
+        raise FormatError(f"{where}: {e}") from e
+    return _check_header(header, where, data_start=8 + length, data_size=source.size - 8 - length)
+
+
+def _check_header(header: Any, where: str, data_start: int, data_size: int) -> Header:
+    if not isinstance(header, dict):
+        raise FormatError(f"{where}: header is a JSON {type(header).__name__}, expected an object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(f"{where}: __metadata__ must map strings to strings")
+    entries = {}
+    for key, info in header.items():
+        entries[key] = _check_entry(key, info, where)
+    spans = sorted((e.start, e.end, k) for k, e in entries.items())
+    offset = 0
+    for start, end, key in spans:
+        if start != offset:
+            problem = "overlaps the tensor before it" if start < offset else f"leaves a gap of {start - offset} bytes"
+            raise FormatError(f"{where}: tensor {key!r} starts at data byte {start}: {problem}")
+        offset = end
+    if offset != data_size:
+        raise FormatError(f"{where}: tensors cover {offset} bytes of data but the file has {data_size}")
+    return Header(
+        {k: dataclasses.replace(e, start=e.start + data_start, end=e.end + data_start) for k, e in entries.items()},
+        metadata,
+        data_start,
+    )
+
+
+def _check_entry(key: str, info: Any, where: str) -> Entry:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        found = sorted(info) if isinstance(info, dict) else type(info).__name__
+        raise FormatError(f"{where}: tensor {key!r} must have exactly dtype, shape, data_offsets (found {found})")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str):
+        raise FormatError(f"{where}: tensor {key!r} dtype {code!r} is not a string")
+    try:
+        itemsize = _bytes_per_element(code)
+    except KeyError:
+        raise FormatError(f"{where}: tensor {key!r} has unknown or unsupported dtype {code!r}") from None
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise FormatError(f"{where}: tensor {key!r} shape {shape!r} is not a list of non-negative ints")
+    if len(shape) > MAX_RANK:
+        raise FormatError(f"{where}: tensor {key!r} has rank {len(shape)}, above MAX_RANK={MAX_RANK}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+        raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
+    start, end = offsets
+    nbytes = math.prod(shape) * itemsize
+    if end - start != nbytes:
+        raise FormatError(
+            f"{where}: tensor {key!r} of {code}{shape} needs {nbytes} bytes but data_offsets span {end - start}"
+        )
+    return Entry(code, tuple(shape), start, end)
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A fresh uint8 buffer whose data starts on a 64-byte boundary (JAX can alias it)."""
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    skip = -raw.ctypes.data % _ALIGN
+    return raw[skip : skip + nbytes]
+
+
+def read_tensor(source: Source, entry: Entry, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:
+    """Read one tensor's bytes into a fresh aligned numpy array of its true dtype and shape."""
+    buffer = aligned_empty(entry.nbytes)
+    if entry.nbytes:
+        source.read_into(entry.start, memoryview(buffer))
+    return buffer.view(dtype.numpy).reshape(shape)
+
+
+def digest(array: np.ndarray) -> str:
+    """The sha256 hex digest of an array's bytes as stored."""
+    return hashlib.sha256(_as_bytes(array)).hexdigest()
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def to_numpy(value: Any, dtype: DType) -> np.ndarray:
+    """A little-endian, C-contiguous numpy view (or copy, when needed) of an array leaf."""
+    array = np.asarray(value)
+    if array.dtype != dtype.numpy:
+        array = array.astype(dtype.numpy)
+    return np.ascontiguousarray(array)
+
+
+def header_bytes(entries: list[tuple[str, str, list[int], int]], metadata: dict[str, str]) -> bytes:
+    """A safetensors header for ``(key, code, shape, nbytes)`` entries in file order."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for key, code, shape, nbytes in entries:
+        header[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], hashes: bool) -> list[str | None]:
+    """Write a header then each array's bytes; return their sha256 digests if asked.
+
+    Large arrays are hashed on a worker thread while the main thread writes (both release
+    the GIL), so a checksummed save costs about one pass over the data.
+    """
+    out.write(header)
+    digests: list[Any] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        for array in arrays:
+            data = _as_bytes(array)
+            if not hashes:
+                digests.append(None)
+            elif len(data) >= _HASH_IN_THREAD:
+                digests.append(pool.submit(lambda d: hashlib.sha256(d).hexdigest(), data))
+            else:
+                digests.append(hashlib.sha256(data).hexdigest())
+            out.write(data)
+        return [d.result() if isinstance(d, concurrent.futures.Future) else d for d in digests]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    On any failure the temporary file is removed and `path` is untouched.
+    """
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b", buffering=1 << 20) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file(out: BinaryIO, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> list[str | None]:
+    """Stream a checkpoint into a seekable file whose header depends on the digests.
+
+    `header_for(digests)` builds the header bytes; it is called first with placeholder
+    digests (all the same length as real ones, so the header length is final), and again
+    with the real digests once the data is written, which are then written in place.
+    """
+    placeholder = [("0" * 64 if hashes else None) for _ in arrays]
+    start = out.tell()
+    first = header_for(placeholder)
+    digests = write_stream(out, first, arrays, hashes)
+    if hashes:
+        final = header_for(digests)
+        if len(final) != len(first):  # pragma: no cover - digests are fixed-length hex
+            raise AssertionError("header length changed with digests")
+        end = out.tell()
+        out.seek(start)
+        out.write(final)
+        out.seek(end)
+    return digests
+
+
+def verify(array: np.ndarray, expected: str | None, key: str, where: str) -> None:
+    """Raise `IntegrityError` if an array's bytes do not have the expected digest."""
+    if expected is not None and digest(array) != expected:
+        raise IntegrityError(f"{where}: tensor {key!r} fails its sha256 checksum; the file is corrupt")
