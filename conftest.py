@@ -1,3 +1,25 @@
-"""Make the doctest fixtures of tests/conftest.py available to the package's docstrings."""
+"""Shared test configuration (tests and the package doctests): Hypothesis profiles, doctest fixtures."""
 
-pytest_plugins = ["tests.conftest"]
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# 'ci' is what tox and .ci/run use: hundreds of examples per property.
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(autouse=True)
+def _doctest_tmp_path(doctest_namespace: dict, tmp_path) -> None:
+    """Docstring examples write their files under `tmp_path`, like tests do."""
+    doctest_namespace["tmp_path"] = tmp_path

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _storage
+from . import _progress, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._limits import MAX_HEADER_BYTES
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
@@ -108,6 +108,7 @@ def save(
     separator: str = ".",
     framework: str | None = None,
     checksum: str | None = "sha256",
+    progress: bool = False,
 ) -> Manifest:
     """Save a pytree as a safetensors file whose header holds its manifest.
 
@@ -121,6 +122,7 @@ def save(
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
         framework: recorded in the manifest; detected from the tree's types if omitted.
         checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        progress: show a progress bar over the bytes written (only when stderr is a terminal).
 
     Returns:
         The `Manifest` written, checksums included.
@@ -137,8 +139,12 @@ def save(
     """
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     try:
-        with _storage.atomic_file(path) as out:
-            return plan.write(out)
+        total = sum(a.nbytes for a in plan.arrays)
+        with (
+            _storage.atomic_file(path) as out,
+            _progress.writing(out, total, f"saving {_name(path)}", progress) as tracked,
+        ):
+            return plan.write(tracked)
     except OSError as e:
         raise CkptSchemaError(f"{os.fspath(path)}: cannot write ({e.strerror or e})") from e
 
@@ -283,6 +289,7 @@ def load(
     subtree: Subtree = None,
     verify: bool = False,
     separator: str | None = None,
+    progress: bool = False,
 ) -> Any:
     """Load a checkpoint, checked against a template when one is given.
 
@@ -302,6 +309,7 @@ def load(
             or a tuple of keys; only its bytes are read.
         verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
         separator: for files without a manifest, the separator that joined their keys.
+        progress: show a progress bar over the bytes read (only when stderr is a terminal).
 
     Returns:
         The tree.
@@ -319,8 +327,8 @@ def load(
         >>> ckptschema.load(tmp_path / "p.safetensors", template=abstract)["w"].shape
         (2, 3)
     """
-    with _opened(path) as (source, header, manifest):
-        return _load(source, header, manifest, template, strict, subtree, verify, separator)
+    with _opened(path) as (source, header, manifest), _tracked(source, header, "loading", progress) as tracked:
+        return _load(tracked, header, manifest, template, strict, subtree, verify, separator)
 
 
 def loads(data: bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any) -> Any:
@@ -423,12 +431,14 @@ def _load_plain(
     expected = flatten(template, separator, template=True).skeleton
     issues: list[Issue] = []
     matched: dict[int, str] = {}
+    seen: set[str] = set()
     for node, path, candidates in _plain_candidates(expected, separator):
         key = next((k for k in candidates if k in header.entries), None)
         what = _describe_expected(node)
         if key is None:
             issues.append(Issue("missing", keypath(path), None, what))
             continue
+        seen.add(key)
         entry = header.entries[key]
         dtype = BY_CODE.get(entry.code)
         found = f"{dtype.name if dtype else entry.code}"
@@ -442,9 +452,10 @@ def _load_plain(
             issues.append(Issue("dtype", keypath(path), found, node["type"]))
         else:
             matched[id(node)] = key
-    for key in header.entries.keys() - set(matched.values()):
+    for key in sorted(header.entries.keys() - seen):
         e = header.entries[key]
-        issues.append(Issue("unexpected", key, f"{e.code}{list(e.shape)}", None))
+        dtype = BY_CODE.get(e.code)
+        issues.append(Issue("unexpected", key, f"{dtype.name if dtype else e.code}[{','.join(map(str, e.shape))}]", None))
     _raise_or_warn(issues, strict, source.name)
 
     def fill(t: dict[str, Any]) -> Any:
@@ -479,7 +490,7 @@ def _scalar_tensor_ok(dtype: Any, kind: str) -> bool:
 # ------------------------------------------------------------------------------ validation
 
 
-def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = False) -> Report:
+def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = False, progress: bool = False) -> Report:
     """Check a checkpoint without loading it; mismatches are reported, never raised.
 
     Args:
@@ -488,6 +499,8 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
             of a schema document (``ckptschema schema`` output: also compares scalar values
             and checksums), or a template pytree.
         deep: also re-hash every tensor and compare with the recorded checksums.
+        progress: with ``deep``, show a progress bar over the bytes hashed (only when
+            stderr is a terminal).
 
     Returns:
         A `Report`; ``report.ok`` is True when nothing is wrong.
@@ -512,7 +525,8 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
             return Report(src.name, [])
         issues = _against(manifest, against)
         if deep:
-            issues += _deep_issues(src, header, manifest)
+            with _tracked(src, header, "verifying", progress) as tracked:
+                issues += _deep_issues(tracked, header, manifest)
         return Report(src.name, issues)
 
 
@@ -537,6 +551,17 @@ def _deep_issues(source: Source, header: Header, manifest: Manifest) -> list[Iss
             if actual != node["digest"]:
                 issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
     return issues
+
+
+def _name(path: PathLike) -> str:
+    """A file's name for a progress bar."""
+    where = os.fspath(path)
+    return os.path.basename(where.rstrip("/")) or where
+
+
+def _tracked(source: Source, header: Header, verb: str, progress: bool) -> contextlib.AbstractContextManager[Source]:
+    """`source`, its tensor reads advancing a progress bar over the data section when asked."""
+    return _progress.reading(source, source.size - header.data_start, f"{verb} {_name(source.name)}", progress)
 
 
 def load_schema(path: PathLike) -> Manifest:

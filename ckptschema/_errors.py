@@ -60,6 +60,11 @@ class Issue:
         return f"{self.path}: {self.kind} {self.found} in file, {self.expected} in {self.against}"
 
 
+def grouped(issues: Sequence[Issue]) -> list[Issue]:
+    """Issues in `ISSUE_KINDS` order, keeping walk order within each kind."""
+    return sorted(issues, key=lambda i: ISSUE_KINDS.index(i.kind))
+
+
 def format_issues(issues: Sequence[Issue], indent: str = "  ") -> str:
     """Render issues grouped by kind, one line each, in `ISSUE_KINDS` order."""
     lines = []
@@ -89,7 +94,7 @@ class ValidationError(CkptSchemaError):
 
     def __init__(self, where: str, issues: Sequence[Issue], hint: str = "") -> None:
         self.where = where
-        self.issues = list(issues)
+        self.issues = grouped(issues)
         n = len(self.issues)
         message = f"{where} ({n} problem{'s' if n != 1 else ''}):\n{format_issues(self.issues)}"
         super().__init__(message + (f"\n{hint}" if hint else ""))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._dtypes import DTYPES
-from ._errors import Issue, format_issues
+from ._errors import Issue, format_issues, grouped
 from ._tree import KeyPart, child_keys, describe, iter_nodes, keypath, scalar_value
 
 __all__ = ["Report", "compare"]
@@ -49,6 +49,9 @@ class Report:
 
     source: str
     issues: list[Issue]
+
+    def __post_init__(self) -> None:
+        self.issues = grouped(self.issues)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,349 @@
+"""The public API: save, load with and without templates, subtrees, foreign files, metadata."""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import safetensors.numpy
+from safetensors import safe_open
+
+import ckptschema
+
+from .helpers import assert_same_array, assert_same_tree
+
+
+def _params() -> dict:
+    return {
+        "params": {
+            "Dense_0": {"kernel": jnp.arange(12, dtype=jnp.float32).reshape(3, 4), "bias": jnp.ones(4)},
+            "Dense_1": {"kernel": jnp.ones((4, 2), jnp.bfloat16), "bias": jnp.zeros(2, jnp.bfloat16)},
+        }
+    }
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "model.safetensors"
+    ckptschema.save(path, _params())
+    return path
+
+
+def test_file_opens_in_safetensors_with_readable_keys(ckpt):
+    with safe_open(ckpt, "flax") as f:
+        keys = sorted(f.keys())
+        kernel = f.get_tensor("params.Dense_0.kernel")
+    assert keys == ["params.Dense_0.bias", "params.Dense_0.kernel", "params.Dense_1.bias", "params.Dense_1.kernel"]
+    assert_same_array(kernel, _params()["params"]["Dense_0"]["kernel"])
+
+
+def test_manifest_lives_in_metadata_beside_user_entries(tmp_path):
+    path = tmp_path / "m.safetensors"
+    ckptschema.save(path, {"w": np.zeros(2, np.float32)}, metadata={"author": "me"})
+    with safe_open(path, "numpy") as f:
+        metadata = f.metadata()
+    assert sorted(metadata) == ["author", "ckptschema"]
+    assert metadata["author"] == "me"
+
+
+def test_load_without_template_rebuilds_the_saved_tree(ckpt):
+    assert_same_tree(ckptschema.load(ckpt), _params())
+
+
+def test_load_returns_jax_arrays(ckpt):
+    leaves = jax.tree_util.tree_leaves(ckptschema.load(ckpt))
+    assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+def test_load_with_abstract_template_returns_template_structure(ckpt):
+    template = jax.eval_shape(_params)
+    loaded = ckptschema.load(ckpt, template=template)
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(template)
+    assert list(loaded["params"]["Dense_0"]) == ["bias", "kernel"]  # eval_shape sorted the keys
+    assert_same_tree(loaded, jax.tree_util.tree_map(lambda x: x, _params()))
+
+
+def test_numpy_template_leaves_give_numpy_arrays(ckpt):
+    template = jax.tree_util.tree_map(np.asarray, _params())
+    loaded = ckptschema.load(ckpt, template=template)
+    assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(loaded))
+
+
+def test_every_mismatch_is_listed_by_path_and_grouped(ckpt):
+    template = jax.eval_shape(_params)
+    template["params"]["Dense_0"]["kernel"] = jax.ShapeDtypeStruct((4, 4), jnp.float32)
+    template["params"]["Dense_1"]["bias"] = jax.ShapeDtypeStruct((2,), jnp.float32)
+    template["params"]["Dense_2"] = {"kernel": jax.ShapeDtypeStruct((2, 2), jnp.float32)}
+    del template["params"]["Dense_1"]["kernel"]
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(ckpt, template=template)
+    assert str(e.value) == (
+        f"{ckpt} does not match the template (4 problems):\n"
+        "  missing (1):\n"
+        "    params/Dense_2/kernel: float32[2,2] in template, not in file\n"
+        "  unexpected (1):\n"
+        "    params/Dense_1/kernel: bfloat16[4,2] in file, not in template\n"
+        "  shape (1):\n"
+        "    params/Dense_0/kernel: shape (3, 4) in file, (4, 4) in template\n"
+        "  dtype (1):\n"
+        "    params/Dense_1/bias: dtype bfloat16 in file, float32 in template\n"
+        "pass strict=False to ignore tensors the template does not have"
+    )
+
+
+def test_validation_error_carries_structured_issues(ckpt):
+    template = jax.eval_shape(_params)
+    template["params"]["Dense_0"]["kernel"] = jax.ShapeDtypeStruct((4, 4), jnp.float32)
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(ckpt, template=template)
+    assert e.value.issues == [
+        ckptschema.Issue("shape", "params/Dense_0/kernel", "(3, 4)", "(4, 4)", "template"),
+    ]
+
+
+def test_structure_mismatch_names_both_kinds(tmp_path):
+    path = tmp_path / "t.safetensors"
+    ckptschema.save(path, {"layers": (np.zeros(2, np.float32),)})
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(path, template={"layers": [np.zeros(2, np.float32)]})
+    assert [str(i) for i in e.value.issues] == ["layers: structure tuple in file, list in template"]
+
+
+def test_nothing_is_cast_or_broadcast(tmp_path):
+    path = tmp_path / "t.safetensors"
+    ckptschema.save(path, {"w": np.zeros((1, 3), np.float16)})
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(path, template={"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    assert [i.kind for i in e.value.issues] == ["shape", "dtype"]
+
+
+def test_non_strict_load_warns_about_unexpected_tensors(ckpt):
+    template = jax.eval_shape(_params)
+    del template["params"]["Dense_1"]
+    with pytest.warns(UserWarning, match=r"ignored 2 tensor\(s\) not in the template: params/Dense_1/kernel"):
+        loaded = ckptschema.load(ckpt, template=template, strict=False)
+    assert list(loaded["params"]) == ["Dense_0"]
+
+
+def test_non_strict_load_still_refuses_missing_tensors(ckpt):
+    template = jax.eval_shape(_params)
+    template["params"]["extra"] = jax.ShapeDtypeStruct((1,), jnp.float32)
+    with pytest.raises(ckptschema.ValidationError, match="params/extra: float32\\[1\\] in template, not in file"):
+        ckptschema.load(ckpt, template=template, strict=False)
+
+
+def test_subtree_by_joined_path_loads_only_that_part(ckpt):
+    assert_same_tree(ckptschema.load(ckpt, subtree="params.Dense_1"), _params()["params"]["Dense_1"])
+
+
+def test_subtree_by_key_tuple_is_checked_against_template(ckpt):
+    template = {"kernel": jax.ShapeDtypeStruct((3, 3), jnp.float32), "bias": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(ckpt, template=template, subtree=("params", "Dense_0"))
+    assert [str(i) for i in e.value.issues] == ["params/Dense_0/kernel: shape (3, 4) in file, (3, 3) in template"]
+
+
+def test_unknown_subtree_is_an_error(ckpt):
+    with pytest.raises(ckptschema.CkptSchemaError, match=r"no subtree 'params.Dense_9' in the checkpoint"):
+        ckptschema.load(ckpt, subtree="params.Dense_9")
+
+
+def test_colliding_keys_are_refused_with_both_paths(tmp_path):
+    tree = {"a.b": np.zeros(1, np.float32), "a": {"b": np.ones(1, np.float32)}}
+    with pytest.raises(ckptschema.CkptSchemaError) as e:
+        ckptschema.save(tmp_path / "c.safetensors", tree)
+    assert str(e.value) == (
+        "a.b and a/b both map to the tensor key 'a.b'; pass another separator= (one that no key contains)"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+def test_another_separator_resolves_a_collision(tmp_path):
+    tree = {"a.b": np.zeros(1, np.float32), "a": {"b": np.ones(1, np.float32)}}
+    ckptschema.save(tmp_path / "c.safetensors", tree, separator="/")
+    assert_same_tree(ckptschema.load(tmp_path / "c.safetensors"), tree)
+
+
+def test_int_and_str_keys_stay_distinct(tmp_path):
+    tree = {"layers": {0: np.zeros(1, np.int8), 1: np.ones(1, np.int8)}, "names": {"0": 1.0}}
+    ckptschema.save(tmp_path / "k.safetensors", tree)
+    assert_same_tree(ckptschema.load(tmp_path / "k.safetensors"), tree)
+
+
+def test_unstorable_leaf_names_its_path(tmp_path):
+    with pytest.raises(ckptschema.CkptSchemaError) as e:
+        ckptschema.save(tmp_path / "x.safetensors", {"opt": [object()]})
+    assert str(e.value) == "opt/0: cannot store a object; leaves must be arrays or bool/int/float/str scalars"
+
+
+def test_namedtuple_comes_back_as_recorded_name_and_fields(tmp_path):
+    State = collections.namedtuple("State", "count mu")
+    ckptschema.save(tmp_path / "s.safetensors", State(np.int32(3), np.zeros(2, np.float32)))
+    loaded = ckptschema.load(tmp_path / "s.safetensors")
+    assert (type(loaded).__name__, loaded._fields) == ("State", ("count", "mu"))
+    assert type(loaded) is not State
+
+
+def test_namedtuple_with_template_comes_back_as_template_class(tmp_path):
+    State = collections.namedtuple("State", "count mu")
+    state = State(np.int32(3), np.zeros(2, np.float32))
+    ckptschema.save(tmp_path / "s.safetensors", state)
+    assert type(ckptschema.load(tmp_path / "s.safetensors", template=state)) is State
+
+
+def test_custom_pytree_node_needs_a_template(tmp_path):
+    @jax.tree_util.register_dataclass
+    @__import__("dataclasses").dataclass
+    class Params:
+        w: jax.Array
+
+    ckptschema.save(tmp_path / "p.safetensors", Params(jnp.ones(2)))
+    with pytest.raises(ckptschema.CkptSchemaError, match="only rebuilds through a template; pass template="):
+        ckptschema.load(tmp_path / "p.safetensors")
+    loaded = ckptschema.load(tmp_path / "p.safetensors", template=Params(jax.ShapeDtypeStruct((2,), jnp.float32)))
+    assert isinstance(loaded, Params)
+    assert_same_array(loaded.w, jnp.ones(2))
+
+
+def test_python_scalar_matches_weak_typed_template_leaf(tmp_path):
+    ckptschema.save(tmp_path / "s.safetensors", {"step": 7, "lr": 0.5})
+    template = jax.eval_shape(lambda: {"step": 0, "lr": 0.1})
+    loaded = ckptschema.load(tmp_path / "s.safetensors", template=template)
+    assert (int(loaded["step"]), loaded["step"].dtype, float(loaded["lr"])) == (7, jnp.int32, 0.5)
+
+
+def test_scalar_that_overflows_template_dtype_is_a_dtype_issue(tmp_path):
+    ckptschema.save(tmp_path / "s.safetensors", {"step": 2**40})
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(tmp_path / "s.safetensors", template=jax.eval_shape(lambda: {"step": 0}))
+    assert [str(i) for i in e.value.issues] == ["step: dtype int 1099511627776 in file, int32 in template"]
+
+
+def test_64_bit_leaves_come_back_as_numpy_when_x64_is_off(tmp_path):
+    tree = {"f": np.array([np.pi], np.float64), "i": np.array([2**40], np.int64)}
+    ckptschema.save(tmp_path / "x.safetensors", tree)
+    loaded = ckptschema.load(tmp_path / "x.safetensors")
+    assert all(isinstance(v, np.ndarray) for v in loaded.values())
+    assert_same_tree(loaded, tree)
+
+
+def test_sub_byte_and_fp8_dtypes_are_stored_with_true_dtype(tmp_path):
+    tree = {
+        "q": np.array([-8, 7, 0], ml_dtypes.int4),
+        "f8": np.array([1.5, -2.0], ml_dtypes.float8_e4m3fn),
+        "c": np.array([1 + 2j], np.complex128),
+    }
+    ckptschema.save(tmp_path / "q.safetensors", tree)
+    with safe_open(tmp_path / "q.safetensors", "numpy") as f:
+        header_dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert header_dtypes == {"q": "U8", "f8": "F8_E4M3", "c": "U8"}
+    assert_same_tree(ckptschema.load(tmp_path / "q.safetensors"), tree)
+
+
+def test_zero_size_and_0d_arrays_round_trip(tmp_path):
+    tree = {"empty": np.zeros((0, 5), np.float32), "scalar": np.array(3, np.uint16)}
+    ckptschema.save(tmp_path / "z.safetensors", tree)
+    assert_same_tree(ckptschema.load(tmp_path / "z.safetensors"), tree)
+
+
+def test_plain_safetensors_file_loads_with_template(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    flat = {"params.Dense_0.kernel": np.ones((3, 4), np.float32), "params.Dense_0.bias": np.zeros(4, np.float32)}
+    safetensors.numpy.save_file(flat, path)
+    template = {"params": {"Dense_0": {"kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32),
+                                       "bias": jax.ShapeDtypeStruct((4,), jnp.float32)}}}
+    loaded = ckptschema.load(path, template=template)
+    assert_same_array(loaded["params"]["Dense_0"]["kernel"], flat["params.Dense_0.kernel"])
+
+
+def test_plain_safetensors_file_is_checked_like_any_other(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors.numpy.save_file({"w": np.ones((3, 4), np.float32), "extra": np.ones(1, np.int8)}, path)
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.load(path, template={"w": jax.ShapeDtypeStruct((4, 4), jnp.float32)})
+    assert [str(i) for i in e.value.issues] == [
+        "extra: int8[1] in file, not in template",
+        "w: shape (3, 4) in file, (4, 4) in template",
+    ]
+
+
+def test_pytree2safetensors_keys_are_recognised(tmp_path):
+    path = tmp_path / "p2s.safetensors"
+    safetensors.numpy.save_file({"@layers#0@w": np.full(2, 5, np.float32)}, path)
+    loaded = ckptschema.load(path, template={"layers": [{"w": jax.ShapeDtypeStruct((2,), jnp.float32)}]})
+    assert_same_array(loaded["layers"][0]["w"], np.full(2, 5, np.float32))
+
+
+def test_plain_safetensors_file_without_template_loads_flat(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors.numpy.save_file({"a.b": np.arange(3, dtype=np.int32)}, path)
+    assert_same_tree(ckptschema.load(path), {"a.b": np.arange(3, dtype=np.int32)})
+
+
+def test_read_manifest_of_plain_file_explains(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors.numpy.save_file({"w": np.ones(1, np.float32)}, path)
+    with pytest.raises(ckptschema.FormatError, match=r"no ckptschema manifest in the header \(a plain safetensors file\)"):
+        ckptschema.read_manifest(path)
+
+
+def test_reserved_metadata_key_is_refused(tmp_path):
+    with pytest.raises(ckptschema.CkptSchemaError, match="metadata key 'ckptschema' is reserved"):
+        ckptschema.save(tmp_path / "m.safetensors", {}, metadata={"ckptschema": "x"})
+
+
+def test_framework_can_be_given(tmp_path):
+    manifest = ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(1, np.float32)}, framework="haiku")
+    assert ckptschema.read_manifest(tmp_path / "m.safetensors").framework == manifest.framework == "haiku"
+
+
+def test_checksum_none_records_no_digests(tmp_path):
+    manifest = ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(1, np.float32)}, checksum=None)
+    assert (manifest.checksum, manifest.tensors["w"].digest) == (None, None)
+
+
+def test_digest_is_sha256_of_the_stored_bytes():
+    import hashlib
+
+    array = np.arange(6, dtype=np.float32)
+    digest = ckptschema.manifest_of({"w": array}).tensors["w"].digest
+    assert digest == hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def test_saving_does_not_change_the_callers_tree(tmp_path):
+    tree = {"b": [np.ones(2, np.float32)], "a": {"x": 1}}
+    before = repr(tree)
+    ckptschema.save(tmp_path / "t.safetensors", tree)
+    assert repr(tree) == before
+
+
+def test_validate_against_schema_reports_changed_weights(tmp_path):
+    ckptschema.save(tmp_path / "v1.safetensors", {"w": np.zeros(2, np.float32)})
+    ckptschema.save(tmp_path / "v2.safetensors", {"w": np.ones(2, np.float32)})
+    schema = ckptschema.read_manifest(tmp_path / "v1.safetensors")
+    report = ckptschema.validate(tmp_path / "v2.safetensors", schema)
+    assert [(i.kind, i.path) for i in report.issues] == [("checksum", "w")]
+
+
+def test_validate_never_raises_for_mismatches(ckpt):
+    report = ckptschema.validate(ckpt, {"other": np.zeros(1, np.float32)})
+    assert not report.ok
+    assert str(report).startswith(f"{ckpt}: 5 problems\n")
+
+
+def test_serialize_and_deserialize_keep_safejax_names(tmp_path):
+    tree = {"w": np.ones(2, np.float32)}
+    ckptschema.serialize(tree, filename=str(tmp_path / "s.safetensors"))
+    assert_same_tree(ckptschema.deserialize(str(tmp_path / "s.safetensors")), tree)
+    assert_same_tree(ckptschema.deserialize(ckptschema.serialize(tree)), tree)
+
+
+def test_loading_emits_no_warnings(ckpt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckptschema.load(ckpt, template=jax.eval_shape(_params))

@@ -1,0 +1,107 @@
+"""The manifest models: what they accept, what they refuse, and the committed JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+import ckptschema
+from ckptschema._manifest import Manifest, parse_manifest
+
+SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / f"manifest-v{ckptschema.FORMAT_VERSION}.schema.json"
+
+
+def _manifest(skeleton: dict, **fields) -> dict:
+    return {"version": 1, "framework": "jax", "separator": ".", "checksum": None, "skeleton": skeleton, **fields}
+
+
+def _tensor(key: str = "w", **fields) -> dict:
+    return {"kind": "tensor", "key": key, "dtype": "float32", "shape": [2], **fields}
+
+
+def test_committed_json_schema_is_current():
+    """Regenerate with: python -m ckptschema json-schema > schemas/manifest-v1.schema.json"""
+    assert SCHEMA_FILE.read_text() == json.dumps(ckptschema.json_schema(), indent=2) + "\n"
+
+
+def test_json_schema_accepts_a_saved_manifest():
+    manifest = ckptschema.manifest_of({"a": [np.zeros(2, np.int8), None, 1.5], "b": (True, "s")})
+    jsonschema.validate(manifest.data, json.loads(SCHEMA_FILE.read_text()))
+
+
+def test_manifest_exposes_tensors_params_and_bytes():
+    m = ckptschema.manifest_of({"w": np.zeros((3, 4), np.float32), "b": np.zeros(4, np.float16), "n": 2})
+    assert (list(m.tensors), m.num_params, m.nbytes) == (["w", "b"], 16, 56)
+
+
+def test_newer_version_names_both_versions():
+    with pytest.raises(ckptschema.FormatError) as e:
+        parse_manifest(json.dumps(_manifest(_tensor(), version=2)), "m.safetensors")
+    assert str(e.value) == (
+        "m.safetensors: manifest version 2 is newer than this ckptschema reads (version 1); upgrade ckptschema"
+    )
+
+
+@pytest.mark.parametrize(
+    ("skeleton", "fields"),
+    [
+        (_tensor(shape=[True]), {}),
+        (_tensor(shape=["3"]), {}),
+        (_tensor(dtype="float128"), {}),
+        (_tensor(extra=1), {}),
+        ({"kind": "dict", "keys": ["a", "a"], "children": [{"kind": "none"}, {"kind": "none"}]}, {}),
+        ({"kind": "dict", "keys": ["a"], "children": []}, {}),
+        ({"kind": "dict", "keys": ["a", 1], "children": [{"kind": "none"}, {"kind": "none"}]}, {}),
+        ({"kind": "namedtuple", "name": "os.system", "fields": [], "children": []}, {}),
+        ({"kind": "namedtuple", "name": "P", "fields": ["_x"], "children": [{"kind": "none"}]}, {}),
+        ({"kind": "scalar", "type": "int", "value": True}, {}),
+        ({"kind": "scalar", "type": "float", "value": "1e400x"}, {}),
+        ({"kind": "scalar", "type": "str", "value": "\ud800"}, {}),
+        ({"kind": "none"}, {"framework": "Not A Framework"}),
+        ({"kind": "none"}, {"separator": ""}),
+        ({"kind": "none"}, {"unknown": 1}),
+    ],
+    ids=[
+        "bool-dimension", "string-dimension", "unknown-dtype", "unknown-field", "duplicate-keys",
+        "keys-without-children", "mixed-key-types", "dotted-namedtuple-name", "private-field",
+        "bool-as-int", "bad-float", "lone-surrogate", "framework-pattern", "empty-separator", "unknown-top-field",
+    ],
+)
+def test_invalid_manifests_are_format_errors(skeleton, fields):
+    with pytest.raises(ckptschema.FormatError, match=r"^m.safetensors: invalid manifest: "):
+        parse_manifest(json.dumps(_manifest(skeleton, **fields)), "m.safetensors")
+
+
+def test_duplicate_json_keys_are_refused():
+    text = '{"version": 1, "version": 1, "skeleton": {"kind": "none"}}'
+    with pytest.raises(ckptschema.FormatError, match="manifest repeats the key 'version'"):
+        parse_manifest(text, "m.safetensors")
+
+
+def test_nan_in_manifest_json_is_refused():
+    with pytest.raises(ckptschema.FormatError, match="manifest holds NaN, which is not JSON"):
+        parse_manifest('{"skeleton": {"kind": "scalar", "type": "float", "value": NaN}}', "m.safetensors")
+
+
+def test_trees_200_levels_deep_are_described():
+    tree: object = np.zeros(1, np.float32)
+    for _ in range(200):
+        tree = [tree]
+    manifest = ckptschema.manifest_of(tree)
+    assert list(manifest.tensors) == [".".join(["0"] * 200)]
+
+
+def test_schema_json_is_sorted_and_stable():
+    tree = {"b": np.ones(2, np.float32), "a": 1}
+    first = ckptschema.manifest_of(tree).schema_json()
+    assert first == ckptschema.manifest_of(tree).schema_json()
+    assert list(json.loads(first)) == ["checksum", "framework", "separator", "skeleton", "version"]
+
+
+def test_model_is_strict_about_types():
+    with pytest.raises(ValueError):
+        Manifest.model_validate(_manifest(_tensor(shape=[2.0])))
