@@ -14,8 +14,8 @@ import numpy as np
 
 from . import _progress, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
-from ._limits import MAX_HEADER_BYTES
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
+from ._limits import MAX_HEADER_BYTES
 from ._manifest import FORMAT_VERSION, Manifest, parse_manifest
 from ._storage import MANIFEST_KEY, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
@@ -240,7 +240,9 @@ def read_manifest(path: PathLike) -> Manifest:
         return manifest
 
 
-def _read(source: Source, header: Header, key: str, dtype_name: str, shape: list[int], digest: str | None, verify: bool) -> np.ndarray:
+def _read(
+    source: Source, header: Header, key: str, dtype_name: str, shape: list[int], digest: str | None, verify: bool
+) -> np.ndarray:
     array = _storage.read_tensor(source, header.entries[key], DTYPES[dtype_name], tuple(shape))
     if verify:
         _storage.verify(array, digest, key, source.name)
@@ -393,7 +395,9 @@ def _raise_or_warn(issues: list[Issue], strict: bool, where: str) -> None:
 # ------------------------------------------------------------------- files with no manifest
 
 
-def _plain_candidates(skeleton: dict[str, Any], separator: str) -> Iterator[tuple[dict[str, Any], tuple[KeyPart, ...], list[str]]]:
+def _plain_candidates(
+    skeleton: dict[str, Any], separator: str
+) -> Iterator[tuple[dict[str, Any], tuple[KeyPart, ...], list[str]]]:
     """Each template leaf with the keys other tools give it: ``a.b.0`` and pytree2safetensors' ``@a@b#0``."""
 
     def walk(node: dict[str, Any], path: tuple[KeyPart, ...], p2s: str) -> Iterator[Any]:
@@ -425,7 +429,10 @@ def _load_plain(
         if subtree is not None:
             raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
         return {
-            key: _place(_storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape), BY_CODE.get(e.code, DTYPES["uint8"]).name)
+            key: _place(
+                _storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape),
+                BY_CODE.get(e.code, DTYPES["uint8"]).name,
+            )
             for key, e in header.entries.items()
         }
     expected = flatten(template, separator, template=True).skeleton
@@ -455,7 +462,9 @@ def _load_plain(
     for key in sorted(header.entries.keys() - seen):
         e = header.entries[key]
         dtype = BY_CODE.get(e.code)
-        issues.append(Issue("unexpected", key, f"{dtype.name if dtype else e.code}[{','.join(map(str, e.shape))}]", None))
+        issues.append(
+            Issue("unexpected", key, f"{dtype.name if dtype else e.code}[{','.join(map(str, e.shape))}]", None)
+        )
     _raise_or_warn(issues, strict, source.name)
 
     def fill(t: dict[str, Any]) -> Any:
@@ -517,7 +526,9 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
     with _opened(source) as (src, header, manifest):
         if manifest is None:
             if against is None or isinstance(against, (Manifest, str, os.PathLike)):
-                return Report(src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")])
+                return Report(
+                    src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")]
+                )
             try:
                 _load_plain(src, header, against, True, None, False, ".")
             except ValidationError as e:
@@ -579,4 +590,3 @@ def load_schema(path: PathLike) -> Manifest:
     if len(text) > MAX_HEADER_BYTES:
         raise FormatError(f"{where}: schema larger than {MAX_HEADER_BYTES} characters")
     return parse_manifest(text, where)
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,9 +22,11 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
-    ValidationError as PydanticValidationError,
     field_validator,
     model_validator,
+)
+from pydantic import (
+    ValidationError as PydanticValidationError,
 )
 
 from . import _tree
@@ -35,7 +37,7 @@ from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_NODES, MAX_RANK
 __all__ = ["FORMAT_VERSION", "Manifest", "json_schema", "parse_manifest", "strict_json"]
 
 #: The manifest format version this release writes and reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 
 DTypeName = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
 Key = StrictStr | StrictInt
@@ -58,7 +60,7 @@ class TensorNode(_Node):
 
     kind: Literal["tensor"]
     key: StrictStr
-    dtype: DTypeName
+    dtype: DTypeName  # type: ignore[valid-type]
     shape: Annotated[list[NonNegativeInt], Field(max_length=MAX_RANK)]
     digest: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
@@ -154,9 +156,10 @@ class DictNode(_Node):
 
     kind: Literal["dict"]
     type: StrictStr | None = None
-    keys: Annotated[list[StrictStr], Field(max_length=MAX_FIELDS)] | Annotated[
-        list[StrictInt], Field(max_length=MAX_FIELDS)
-    ]
+    keys: (
+        Annotated[list[StrictStr], Field(max_length=MAX_FIELDS)]
+        | Annotated[list[StrictInt], Field(max_length=MAX_FIELDS)]
+    )
     children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
 
     @model_validator(mode="after")
@@ -189,7 +192,7 @@ class CustomNode(_Node):
 
 
 Node = Annotated[
-    Union[TensorNode, ScalarNode, NoneNode, ListNode, TupleNode, NamedTupleNode, DictNode, WrapperNode, CustomNode],
+    TensorNode | ScalarNode | NoneNode | ListNode | TupleNode | NamedTupleNode | DictNode | WrapperNode | CustomNode,
     Field(discriminator="kind"),
 ]
 
@@ -251,7 +254,7 @@ class Manifest(BaseModel):
         manifest._data = data
         return manifest
 
-    def schema_json(self) -> str:
+    def schema_document(self) -> str:
         """The manifest as a stable review document: keys sorted, indented, newline-ended."""
         return json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

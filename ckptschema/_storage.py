@@ -248,7 +248,7 @@ def read_tensor(source: Source, entry: Entry, dtype: DType, shape: tuple[int, ..
     """Read one tensor's bytes into a fresh aligned numpy array of its true dtype and shape."""
     buffer = aligned_empty(entry.nbytes)
     if entry.nbytes:
-        source.read_into(entry.start, memoryview(buffer))
+        source.read_into(entry.start, buffer.data)
     return buffer.view(dtype.numpy).reshape(shape)
 
 
@@ -258,7 +258,7 @@ def digest(array: np.ndarray) -> str:
 
 
 def _as_bytes(array: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def to_numpy(value: Any, dtype: DType) -> np.ndarray:

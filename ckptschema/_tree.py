@@ -79,9 +79,7 @@ def _key_part(entry: Any) -> KeyPart:
 
 def _check_key(key: Any, where: tuple[KeyPart, ...]) -> KeyPart:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
-        raise CkptSchemaError(
-            f"{keypath(where)}: dict key {key!r} is a {type(key).__name__}; keys must be str or int"
-        )
+        raise CkptSchemaError(f"{keypath(where)}: dict key {key!r} is a {type(key).__name__}; keys must be str or int")
     if isinstance(key, str):
         try:
             key.encode("utf-8")
@@ -179,7 +177,7 @@ class _Walker:
             raise CkptSchemaError(f"{keypath(path)}: the tensor key {key!r} is reserved by safetensors")
         self.leaves[key] = x
         self.paths[key] = path
-        node = {"kind": "tensor", "key": key, "dtype": dtype.name, "shape": [int(d) for d in x.shape]}
+        node: dict[str, Any] = {"kind": "tensor", "key": key, "dtype": dtype.name, "shape": [int(d) for d in x.shape]}
         if self.template:
             node["_like"] = x
             # What jax.eval_shape makes of a Python scalar: a 0-d weak-typed leaf (bool is never weak).
@@ -211,9 +209,11 @@ class _Walker:
     def _custom(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:
         children, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda c: c is not x)
         if jax.tree_util.treedef_is_leaf(treedef):
-            what = "abstract leaves (jax.ShapeDtypeStruct) are only allowed in templates" if isinstance(
-                x, jax.ShapeDtypeStruct
-            ) else "leaves must be arrays or bool/int/float/str scalars"
+            what = (
+                "abstract leaves (jax.ShapeDtypeStruct) are only allowed in templates"
+                if isinstance(x, jax.ShapeDtypeStruct)
+                else "leaves must be arrays or bool/int/float/str scalars"
+            )
             raise CkptSchemaError(f"{keypath(path)}: cannot store a {type(x).__name__}; {what}")
         keys = [_key_part(kp[0]) for kp, _ in children]
         node = {
@@ -306,7 +306,7 @@ def scalar_value(node: dict[str, Any]) -> bool | int | float | str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _namedtuple_class(name: str, fields: tuple[str, ...]) -> type:
+def _namedtuple_class(name: str, fields: tuple[str, ...]) -> Any:
     return collections.namedtuple(name, fields)  # type: ignore[misc]
 
 

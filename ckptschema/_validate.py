@@ -81,6 +81,7 @@ def _scalar_fits(scalar: dict[str, Any], dtype_name: str) -> bool:
     """Whether a recorded Python scalar can fill a 0-d tensor of `dtype_name` exactly."""
     dtype = DTYPES[dtype_name].numpy
     value = scalar_value(scalar)
+    assert not isinstance(value, str)
     kind = scalar["type"]
     if kind == "bool":
         return dtype == np.bool_
@@ -119,7 +120,9 @@ class _Comparer:
             if fk == ek and found["type"] != expected["type"]:
                 self.issue("structure", path, describe(found), describe(expected))
                 return
-            self.compare(found["child"] if fk == "wrapper" else found, expected["child"] if ek == "wrapper" else expected, path)
+            self.compare(
+                found["child"] if fk == "wrapper" else found, expected["child"] if ek == "wrapper" else expected, path
+            )
             return
         if ek == "tensor":
             self.tensor(found, expected, path)
@@ -167,9 +170,11 @@ class _Comparer:
     def container(self, found: dict[str, Any], expected: dict[str, Any], path: tuple[KeyPart, ...]) -> None:
         fk, ek = found["kind"], expected["kind"]
         same_kind = fk == ek or (fk in _MAPPINGS and ek in _MAPPINGS)
-        if not same_kind or (
-            ek == "namedtuple" and found["name"] != expected["name"]
-        ) or (ek == "node" and _short_type(found["type"]) != _short_type(expected["type"])):
+        if (
+            not same_kind
+            or (ek == "namedtuple" and found["name"] != expected["name"])
+            or (ek == "node" and _short_type(found["type"]) != _short_type(expected["type"]))
+        ):
             self.issue("structure", path, describe(found), describe(expected))
             return
         found_children = dict(zip(child_keys(found), found["children"]))

@@ -94,4 +94,3 @@ def trees(leaves: st.SearchStrategy[Any] | None = None) -> st.SearchStrategy[Any
 def array_trees() -> st.SearchStrategy[Any]:
     """Trees with at least one tensor leaf somewhere, for template mutation properties."""
     return st.tuples(trees(), arrays()).map(lambda pair: {"anchor": pair[1], "rest": pair[0]})
-

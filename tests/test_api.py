@@ -255,8 +255,14 @@ def test_plain_safetensors_file_loads_with_template(tmp_path):
     path = tmp_path / "plain.safetensors"
     flat = {"params.Dense_0.kernel": np.ones((3, 4), np.float32), "params.Dense_0.bias": np.zeros(4, np.float32)}
     safetensors.numpy.save_file(flat, path)
-    template = {"params": {"Dense_0": {"kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32),
-                                       "bias": jax.ShapeDtypeStruct((4,), jnp.float32)}}}
+    template = {
+        "params": {
+            "Dense_0": {
+                "kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32),
+                "bias": jax.ShapeDtypeStruct((4,), jnp.float32),
+            }
+        }
+    }
     loaded = ckptschema.load(path, template=template)
     assert_same_array(loaded["params"]["Dense_0"]["kernel"], flat["params.Dense_0.kernel"])
 
@@ -288,7 +294,9 @@ def test_plain_safetensors_file_without_template_loads_flat(tmp_path):
 def test_read_manifest_of_plain_file_explains(tmp_path):
     path = tmp_path / "plain.safetensors"
     safetensors.numpy.save_file({"w": np.ones(1, np.float32)}, path)
-    with pytest.raises(ckptschema.FormatError, match=r"no ckptschema manifest in the header \(a plain safetensors file\)"):
+    with pytest.raises(
+        ckptschema.FormatError, match=r"no ckptschema manifest in the header \(a plain safetensors file\)"
+    ):
         ckptschema.read_manifest(path)
 
 

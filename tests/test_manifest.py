@@ -66,9 +66,21 @@ def test_newer_version_names_both_versions():
         ({"kind": "none"}, {"unknown": 1}),
     ],
     ids=[
-        "bool-dimension", "string-dimension", "unknown-dtype", "unknown-field", "duplicate-keys",
-        "keys-without-children", "mixed-key-types", "dotted-namedtuple-name", "private-field",
-        "bool-as-int", "bad-float", "lone-surrogate", "framework-pattern", "empty-separator", "unknown-top-field",
+        "bool-dimension",
+        "string-dimension",
+        "unknown-dtype",
+        "unknown-field",
+        "duplicate-keys",
+        "keys-without-children",
+        "mixed-key-types",
+        "dotted-namedtuple-name",
+        "private-field",
+        "bool-as-int",
+        "bad-float",
+        "lone-surrogate",
+        "framework-pattern",
+        "empty-separator",
+        "unknown-top-field",
     ],
 )
 def test_invalid_manifests_are_format_errors(skeleton, fields):
@@ -95,10 +107,10 @@ def test_trees_200_levels_deep_are_described():
     assert list(manifest.tensors) == [".".join(["0"] * 200)]
 
 
-def test_schema_json_is_sorted_and_stable():
+def test_schema_document_is_sorted_and_stable():
     tree = {"b": np.ones(2, np.float32), "a": 1}
-    first = ckptschema.manifest_of(tree).schema_json()
-    assert first == ckptschema.manifest_of(tree).schema_json()
+    first = ckptschema.manifest_of(tree).schema_document()
+    assert first == ckptschema.manifest_of(tree).schema_document()
     assert list(json.loads(first)) == ["checksum", "framework", "separator", "skeleton", "version"]
 
 
