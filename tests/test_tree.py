@@ -1,0 +1,129 @@
+"""The tree walker: skeletons, tensor keys, and what it refuses before anything is written."""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ckptschema import CkptSchemaError
+from ckptschema._tree import describe, flatten, iter_nodes, keypath, unflatten
+
+Pair = collections.namedtuple("Pair", "first second")
+
+
+def test_keypath_joins_parts_with_slash():
+    assert keypath(("mlp/~/linear_0", "w")) == "mlp/~/linear_0/w"
+
+
+def test_keypath_of_root_is_named():
+    assert keypath(()) == "<root>"
+
+
+def test_dict_skeleton_keeps_insertion_order_and_key_types():
+    flat = flatten({"b": None, "a": None})
+    assert flat.skeleton == {
+        "kind": "dict",
+        "type": None,
+        "keys": ["b", "a"],
+        "children": [{"kind": "none"}, {"kind": "none"}],
+    }
+
+
+def test_int_keys_are_recorded_as_ints():
+    assert flatten({1: None, 0: None}).skeleton["keys"] == [1, 0]
+
+
+def test_tensor_key_joins_path_with_separator():
+    flat = flatten({"layers": [{"w": np.zeros(2, np.float32)}]}, separator="/")
+    assert list(flat.leaves) == ["layers/0/w"]
+
+
+def test_tensor_node_records_dtype_and_shape():
+    node = flatten(jnp.zeros((2, 3), jnp.bfloat16)).skeleton
+    assert node == {"kind": "tensor", "key": "", "dtype": "bfloat16", "shape": [2, 3]}
+
+
+def test_scalars_keep_python_type_and_exact_float_repr():
+    kinds = [n for _, n in iter_nodes(flatten([True, 3, 0.1, -0.0, float("nan"), "s"]).skeleton)][1:]
+    assert [(n["type"], n["value"]) for n in kinds] == [
+        ("bool", True),
+        ("int", 3),
+        ("float", "0.1"),
+        ("float", "-0.0"),
+        ("float", "nan"),
+        ("str", "s"),
+    ]
+
+
+def test_namedtuple_records_name_and_fields():
+    node = flatten(Pair(None, None)).skeleton
+    assert (node["kind"], node["name"], node["fields"]) == ("namedtuple", "Pair", ["first", "second"])
+
+
+def test_registered_dataclass_is_a_custom_node_with_attribute_keys():
+    @jax.tree_util.register_dataclass
+    @__import__("dataclasses").dataclass
+    class State:
+        step: jax.Array
+        params: dict
+
+    node = flatten(State(jnp.zeros(()), {})).skeleton
+    assert (node["kind"], node["type"].rpartition(".")[2], node["keys"]) == ("node", "State", ["step", "params"])
+
+
+def test_mixed_key_types_are_refused_with_path():
+    with pytest.raises(CkptSchemaError, match=r"^a: dict mixes str and int keys \(\['x', 0\]\)"):
+        flatten({"a": {"x": None, 0: None}})
+
+
+def test_bool_keys_are_refused():
+    with pytest.raises(CkptSchemaError, match="dict key True is a bool; keys must be str or int"):
+        flatten({True: None})
+
+
+def test_lone_surrogate_key_is_refused():
+    with pytest.raises(CkptSchemaError, match="holds a lone surrogate"):
+        flatten({"\ud800": None})
+
+
+def test_reserved_safetensors_key_is_refused():
+    with pytest.raises(CkptSchemaError, match="the tensor key '__metadata__' is reserved by safetensors"):
+        flatten({"__metadata__": np.zeros(1, np.float32)})
+
+
+def test_abstract_leaves_are_only_for_templates():
+    sds = jax.ShapeDtypeStruct((2,), jnp.float32)
+    with pytest.raises(CkptSchemaError, match=r"only allowed in templates"):
+        flatten({"w": sds})
+    assert flatten({"w": sds}, template=True).skeleton["children"][0]["shape"] == [2]
+
+
+def test_unstorable_dtype_is_refused():
+    with pytest.raises(CkptSchemaError, match="w: dtype <U1 cannot be stored"):
+        flatten({"w": np.array(["a"])})
+
+
+def test_deeper_than_limit_is_refused():
+    tree = None
+    for _ in range(300):
+        tree = [tree]
+    with pytest.raises(CkptSchemaError, match="tree deeper than MAX_DEPTH=256"):
+        flatten(tree)
+
+
+def test_unflatten_is_the_inverse_of_flatten():
+    tree = {"a": [1, (2.5, None)], "b": Pair("x", {})}
+    flat = flatten(tree)
+    assert unflatten(flat.skeleton, lambda n: None) == {"a": [1, (2.5, None)], "b": ("x", {})}
+
+
+def test_describe_names_kind_dtype_and_shape():
+    assert [describe(n) for _, n in iter_nodes(flatten({"w": np.zeros((2, 3), np.int8), "n": 5}).skeleton)] == [
+        "dict",
+        "int8[2,3]",
+        "int 5",
+    ]
