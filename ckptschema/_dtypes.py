@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import ml_dtypes
 import numpy as np
 
-__all__ = ["DTYPES", "DType", "dtype_of", "lookup"]
+__all__ = ["ALL_DTYPE_NAMES", "DTYPES", "DType", "dtype_of", "lookup"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class DType:
         """True when the safetensors header calls it ``U8`` and the manifest has the truth."""
         return self.code == "U8" and self.name != "uint8"
 
-    def header_shape(self, shape: tuple[int, ...]) -> list[int]:
+    def header_shape(self, shape: Sequence[int]) -> list[int]:
         """The shape the safetensors header records for a tensor of this dtype."""
         if self.stored_as_bytes and self.numpy.itemsize > 1:
             return [*shape, self.numpy.itemsize]
@@ -74,6 +75,10 @@ _AS_BYTES = (
 )
 
 
+#: Every dtype name of the file format, whether or not this installation's ml_dtypes has it.
+ALL_DTYPE_NAMES = (*_NATIVE, *_AS_BYTES)
+
+
 def _numpy_dtype(name: str) -> np.dtype | None:
     scalar = getattr(ml_dtypes, name, None) or getattr(np, name, None)
     return None if scalar is None else np.dtype(scalar)
@@ -81,7 +86,7 @@ def _numpy_dtype(name: str) -> np.dtype | None:
 
 def _table() -> dict[str, DType]:
     table = {}
-    for name in (*_NATIVE, *_AS_BYTES):
+    for name in ALL_DTYPE_NAMES:
         dt = _numpy_dtype(name)
         if dt is not None:  # an older ml_dtypes may lack the newest types
             table[name] = DType(name, dt.newbyteorder("<"), _NATIVE.get(name, "U8"))

@@ -1,70 +1,199 @@
 """The manifest: Pydantic v2 models of the JSON that a ckptschema file carries in its header.
 
-The models are strict (no coercion: ``true`` is not an int, ``"3"`` is not a shape) and
-forbid unknown fields, so the JSON they accept is exactly the JSON the skeleton functions
-in `_tree` work on. `parse_manifest` is the only way bytes become a `Manifest`.
+Skeleton nodes are strict ``TypedDict`` models: Pydantic checks them (no coercion: ``true``
+is not an int, ``"3"`` is not a shape; unknown fields are refused) and hands back plain
+dicts, which is exactly what the skeleton functions in `_tree` work on, at a fraction of
+the cost of building an object per node. `Manifest` is the model users see.
+`parse_manifest` is the only way text becomes a `Manifest`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
-    PrivateAttr,
-    StrictBool,
-    StrictFloat,
     StrictInt,
     StrictStr,
-    field_validator,
-    model_validator,
 )
 from pydantic import (
     ValidationError as PydanticValidationError,
 )
+from typing_extensions import NotRequired, TypedDict
 
 from . import _tree
-from ._dtypes import DTYPES
+from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
-from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_NODES, MAX_RANK
+from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_NODES, MAX_RANK
 
-__all__ = ["FORMAT_VERSION", "Manifest", "json_schema", "parse_manifest", "strict_json"]
+__all__ = ["FORMAT_VERSION", "Manifest", "TensorInfo", "json_schema", "parse_manifest", "strict_json"]
 
 #: The manifest format version this release writes and reads.
 FORMAT_VERSION: Final = 1
 
-DTypeName = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
-Key = StrictStr | StrictInt
+#: Every dtype name of the format (fixed, whatever ml_dtypes version is installed).
+DTypeName = Literal[ALL_DTYPE_NAMES]  # type: ignore[valid-type]
+_STRICT = ConfigDict(extra="forbid", strict=True)
+_Children = Annotated[list["Node"], Field(max_length=MAX_FIELDS)]
 
 
-def _check_text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("string holds a lone surrogate") from None
-    return value
-
-
-class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class TensorNode(_Node):
+class TensorNode(TypedDict):
     """A tensor leaf: its key in the safetensors header, true dtype, shape and digest."""
 
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["tensor"]
-    key: StrictStr
+    key: str
     dtype: DTypeName  # type: ignore[valid-type]
     shape: Annotated[list[NonNegativeInt], Field(max_length=MAX_RANK)]
-    digest: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    digest: NotRequired[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 
-    _check_key = field_validator("key")(_check_text)
+
+def _is_float_repr(text: str) -> bool:
+    try:
+        return repr(float(text)) == text
+    except ValueError:
+        return False
+
+
+_SCALAR_CHECKS = {
+    "bool": lambda v: type(v) is bool,
+    "int": lambda v: type(v) is int,
+    "str": lambda v: type(v) is str,
+    "float": lambda v: type(v) is str and _is_float_repr(v),
+}
+
+
+def _scalar_value_matches(node: dict[str, Any]) -> dict[str, Any]:
+    if not _SCALAR_CHECKS[node["type"]](node["value"]):
+        raise ValueError(f"value {node['value']!r} is not a {node['type']} scalar")
+    return node
+
+
+class _ScalarNode(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["scalar"]
+    type: Literal["bool", "int", "float", "str"]
+    value: bool | int | str
+
+
+#: A Python scalar leaf kept in the manifest; floats are stored as their exact repr.
+ScalarNode = Annotated[_ScalarNode, AfterValidator(_scalar_value_matches)]
+
+
+class NoneNode(TypedDict):
+    """``None`` (an empty pytree node)."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["none"]
+
+
+class ListNode(TypedDict):
+    """A list."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["list"]
+    children: _Children
+
+
+class TupleNode(TypedDict):
+    """A tuple."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["tuple"]
+    children: _Children
+
+
+def _valid_namedtuple(node: dict[str, Any]) -> dict[str, Any]:
+    if not _tree.valid_namedtuple(node["name"], node["fields"]):
+        raise ValueError(f"namedtuple {node['name']!r} has an invalid name or invalid or duplicate field names")
+    if len(node["fields"]) != len(node["children"]):
+        raise ValueError(f"{len(node['fields'])} fields but {len(node['children'])} children")
+    return node
+
+
+class _NamedTupleNode(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["namedtuple"]
+    name: str
+    fields: Annotated[list[str], Field(max_length=MAX_FIELDS)]
+    children: _Children
+
+
+#: A namedtuple: rebuilt as a fresh class of this name and fields, never imported.
+NamedTupleNode = Annotated[_NamedTupleNode, AfterValidator(_valid_namedtuple)]
+
+
+def _unique_keys(node: dict[str, Any]) -> dict[str, Any]:
+    keys, children = node["keys"], node["children"]
+    if len(keys) != len(children):
+        raise ValueError(f"{len(keys)} keys but {len(children)} children")
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate keys")
+    return node
+
+
+class _DictNode(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["dict"]
+    type: str | None
+    keys: Annotated[list[str], Field(max_length=MAX_FIELDS)] | Annotated[list[int], Field(max_length=MAX_FIELDS)]
+    children: _Children
+
+
+#: A dict (``type`` null) or an allow-listed mapping container such as ``flax.FrozenDict``.
+DictNode = Annotated[_DictNode, AfterValidator(_unique_keys)]
+
+
+class WrapperNode(TypedDict):
+    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["wrapper"]
+    type: str
+    metadata: dict[str, str | int | float | bool | None]
+    child: Node
+
+
+class _CustomNode(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    kind: Literal["node"]
+    type: str
+    keys: Annotated[list[StrictStr | StrictInt], Field(max_length=MAX_FIELDS)]
+    children: _Children
+
+
+#: Any other registered pytree node; only a template can rebuild it.
+CustomNode = Annotated[_CustomNode, AfterValidator(_unique_keys)]
+
+Node = Annotated[
+    TensorNode | ScalarNode | NoneNode | ListNode | TupleNode | NamedTupleNode | DictNode | WrapperNode | CustomNode,
+    Field(discriminator="kind"),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a manifest: key, dtype name, shape and sha256 digest (or None).
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> info = ckptschema.manifest_of({"w": np.zeros((3, 4), np.float16)}).tensors["w"]
+        >>> info.dtype, info.shape, info.size, info.nbytes
+        ('float16', (3, 4), 12, 24)
+    """
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    digest: str | None
 
     @property
     def size(self) -> int:
@@ -77,126 +206,6 @@ class TensorNode(_Node):
         return self.size * DTYPES[self.dtype].numpy.itemsize
 
 
-class ScalarNode(_Node):
-    """A Python scalar leaf kept in the manifest; floats are stored as their exact repr."""
-
-    kind: Literal["scalar"]
-    type: Literal["bool", "int", "float", "str"]
-    value: StrictBool | StrictInt | StrictStr
-
-    @model_validator(mode="after")
-    def _value_matches_type(self) -> ScalarNode:
-        ok = {
-            "bool": lambda v: type(v) is bool,
-            "int": lambda v: type(v) is int,
-            "str": lambda v: type(v) is str and bool(_check_text(v) is v),
-            "float": lambda v: type(v) is str and _is_float_repr(v),
-        }[self.type](self.value)
-        if not ok:
-            raise ValueError(f"value {self.value!r} is not a {self.type} scalar")
-        return self
-
-
-def _is_float_repr(text: str) -> bool:
-    try:
-        return repr(float(text)) == text
-    except ValueError:
-        return False
-
-
-class NoneNode(_Node):
-    """``None`` (an empty pytree node)."""
-
-    kind: Literal["none"]
-
-
-class ListNode(_Node):
-    """A list."""
-
-    kind: Literal["list"]
-    children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
-
-
-class TupleNode(_Node):
-    """A tuple."""
-
-    kind: Literal["tuple"]
-    children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
-
-
-class NamedTupleNode(_Node):
-    """A namedtuple: rebuilt as a fresh class of this name and fields, never imported."""
-
-    kind: Literal["namedtuple"]
-    name: StrictStr
-    fields: Annotated[list[StrictStr], Field(max_length=MAX_FIELDS)]
-    children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
-
-    @model_validator(mode="after")
-    def _fields_are_valid(self) -> NamedTupleNode:
-        if not _tree.valid_namedtuple(self.name, self.fields):
-            raise ValueError(f"namedtuple {self.name!r} has invalid or duplicate field names")
-        if len(self.fields) != len(self.children):
-            raise ValueError(f"{len(self.fields)} fields but {len(self.children)} children")
-        return self
-
-
-def _unique_keys(keys: list[Any], children: list[Any]) -> None:
-    if len(keys) != len(children):
-        raise ValueError(f"{len(keys)} keys but {len(children)} children")
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate keys")
-    for k in keys:
-        if isinstance(k, str):
-            _check_text(k)
-
-
-class DictNode(_Node):
-    """A dict (``type`` null) or an allow-listed mapping container such as ``flax.FrozenDict``."""
-
-    kind: Literal["dict"]
-    type: StrictStr | None = None
-    keys: (
-        Annotated[list[StrictStr], Field(max_length=MAX_FIELDS)]
-        | Annotated[list[StrictInt], Field(max_length=MAX_FIELDS)]
-    )
-    children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
-
-    @model_validator(mode="after")
-    def _keys_match_children(self) -> DictNode:
-        _unique_keys(self.keys, self.children)
-        return self
-
-
-class WrapperNode(_Node):
-    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``."""
-
-    kind: Literal["wrapper"]
-    type: StrictStr
-    metadata: dict[StrictStr, StrictStr | StrictInt | StrictFloat | StrictBool | None]
-    child: Node
-
-
-class CustomNode(_Node):
-    """Any other registered pytree node; only a template can rebuild it."""
-
-    kind: Literal["node"]
-    type: StrictStr
-    keys: Annotated[list[Key], Field(max_length=MAX_FIELDS)]
-    children: Annotated[list[Node], Field(max_length=MAX_FIELDS)]
-
-    @model_validator(mode="after")
-    def _keys_match_children(self) -> CustomNode:
-        _unique_keys(self.keys, self.children)
-        return self
-
-
-Node = Annotated[
-    TensorNode | ScalarNode | NoneNode | ListNode | TupleNode | NamedTupleNode | DictNode | WrapperNode | CustomNode,
-    Field(discriminator="kind"),
-]
-
-
 class Manifest(BaseModel):
     """The description of a whole checkpoint, stored in its header.
 
@@ -205,7 +214,7 @@ class Manifest(BaseModel):
         framework: ``jax``, ``flax``, ``flax.nnx``, ``haiku``, ``objax``, ...
         separator: joins path parts into tensor keys.
         checksum: the digest algorithm of the tensors' ``digest`` (``sha256``), or None.
-        skeleton: the whole tree, containers and leaves.
+        skeleton: the whole tree as JSON data, containers and leaves (see the file format).
 
     Example:
         >>> import numpy as np, ckptschema
@@ -222,19 +231,25 @@ class Manifest(BaseModel):
     checksum: Literal["sha256"] | None = "sha256"
     skeleton: Node
 
-    _data: dict[str, Any] | None = PrivateAttr(default=None)
-
     @property
     def data(self) -> dict[str, Any]:
         """The manifest as JSON data (what the header stores)."""
-        if self._data is None:
-            self._data = self.model_dump(mode="json")
-        return self._data
+        return {
+            "version": self.version,
+            "framework": self.framework,
+            "separator": self.separator,
+            "checksum": self.checksum,
+            "skeleton": self.skeleton,
+        }
 
     @functools.cached_property
-    def tensors(self) -> dict[str, TensorNode]:
-        """Every tensor leaf by its key, in file order."""
-        return {n.key: n for n in _iter_models(self.skeleton) if isinstance(n, TensorNode)}
+    def tensors(self) -> dict[str, TensorInfo]:
+        """Every tensor by its key, in file order."""
+        return {
+            n["key"]: TensorInfo(n["key"], n["dtype"], tuple(n["shape"]), n.get("digest"))
+            for _, n in _tree.iter_nodes(self.skeleton)  # type: ignore[arg-type]
+            if n["kind"] == "tensor"
+        }
 
     @property
     def num_params(self) -> int:
@@ -248,26 +263,42 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Manifest:
-        """Validate JSON data (already parsed) into a `Manifest`, keeping the data as is."""
+        """Validate JSON data (already parsed) into a `Manifest`.
+
+        Raises:
+            ValueError: (a Pydantic ``ValidationError`` among them) if it is not a valid manifest.
+        """
         _check_shape_of_tree(data.get("skeleton"))
-        manifest = cls.model_validate(data)
-        manifest._data = data
-        return manifest
+        return cls.model_validate(data)
 
     def schema_document(self) -> str:
-        """The manifest as a stable review document: keys sorted, indented, newline-ended."""
+        """The manifest as a stable review document: keys sorted, indented, newline-ended.
+
+        Example:
+            >>> import numpy as np, ckptschema
+            >>> print(ckptschema.manifest_of({"n": 1}, checksum=None).schema_document(), end="")
+            {
+              "checksum": null,
+              "framework": "jax",
+              "separator": ".",
+              "skeleton": {
+                "children": [
+                  {
+                    "kind": "scalar",
+                    "type": "int",
+                    "value": 1
+                  }
+                ],
+                "keys": [
+                  "n"
+                ],
+                "kind": "dict",
+                "type": null
+              },
+              "version": 1
+            }
+        """
         return json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _iter_models(node: Any) -> Any:
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        if isinstance(n, WrapperNode):
-            stack.append(n.child)
-        elif hasattr(n, "children"):
-            stack.extend(reversed(n.children))
 
 
 def _check_shape_of_tree(skeleton: Any) -> None:
@@ -291,12 +322,51 @@ def _check_shape_of_tree(skeleton: Any) -> None:
             stack.append((child, depth))
 
 
-def strict_json(text: str | bytes, what: str, max_objects: int) -> Any:
-    """Parse JSON, refusing duplicate keys, NaN/Infinity and more than `max_objects` objects.
+def _canonical(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def strict_json(text: str, what: str, max_objects: int) -> Any:
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, lone surrogates, nesting beyond the
+    interpreter's recursion guard, and documents with more than `max_objects` objects or
+    `MAX_JSON_VALUES` values.
+
+    The value count is bounded before parsing (with C-speed counts of ``,``, ``[`` and
+    ``{``, which can only over-count), so a small hostile document cannot expand into
+    gigabytes of Python objects. Nesting is bounded while parsing: the C parser raises
+    RecursionError long before the stack is at risk, and every parsed document is then
+    checked structurally (a header entry is three flat fields, a skeleton at most
+    `MAX_DEPTH` levels). Text in the compact form ckptschema writes is parsed at C speed and
+    proven free of duplicates by writing it back byte for byte; anything else takes a
+    slower parser that inspects every object.
 
     Raises:
         ValueError: with a message saying what was wrong.
     """
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{what} holds {name}, which is not JSON")
+
+    objects = text.count("{")
+    if objects + text.count("[") + text.count(",") + 1 > MAX_JSON_VALUES:
+        raise ValueError(f"{what} holds more than MAX_JSON_VALUES={MAX_JSON_VALUES} JSON values")
+    try:
+        if objects <= max_objects:  # an upper bound on the number of objects
+            data = json.loads(text, parse_constant=constant)
+            if _canonical(data) == text:
+                return data
+        data = _strict_slow(text, what, max_objects, constant)
+        _canonical(data).encode("utf-8")
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON ({e})") from None
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds a lone surrogate") from None
+    return data
+
+
+def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
     count = 0
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -311,15 +381,7 @@ def strict_json(text: str | bytes, what: str, max_objects: int) -> Any:
             raise ValueError(f"{what} repeats the key {dup!r}")
         return obj
 
-    def constant(name: str) -> Any:
-        raise ValueError(f"{what} holds {name}, which is not JSON")
-
-    try:
-        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
-    except RecursionError:
-        raise ValueError(f"{what} is nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} is not valid JSON ({e})") from None
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
 
 
 def parse_manifest(text: str, where: str) -> Manifest:
@@ -335,7 +397,9 @@ def parse_manifest(text: str, where: str) -> Manifest:
     if not isinstance(data, dict):
         raise FormatError(f"{where}: manifest is a JSON {type(data).__name__}, expected an object")
     version = data.get("version")
-    if type(version) is int and version > FORMAT_VERSION:
+    if type(version) is not int:  # bool is an int to Pydantic's Literal[1]; absent is not version 1
+        raise FormatError(f"{where}: manifest version must be an integer, found {version!r}")
+    if version > FORMAT_VERSION:
         raise FormatError(
             f"{where}: manifest version {version} is newer than this ckptschema reads "
             f"(version {FORMAT_VERSION}); upgrade ckptschema"
@@ -365,7 +429,3 @@ def json_schema() -> dict[str, Any]:
     schema = Manifest.model_json_schema(mode="validation")
     schema["$id"] = f"https://ckptschema.dev/schemas/manifest-v{FORMAT_VERSION}.schema.json"
     return schema
-
-
-for _model in (ListNode, TupleNode, NamedTupleNode, DictNode, WrapperNode, CustomNode, Manifest):
-    _model.model_rebuild()

@@ -26,7 +26,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Iterator
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 
@@ -119,8 +119,7 @@ def open_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview)
     return FileSource(source)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One tensor of a safetensors header: its code, shape and absolute byte range."""
 
     code: str
@@ -146,13 +145,9 @@ class Header:
         return self.metadata.get(MANIFEST_KEY)
 
 
-def _bytes_per_element(code: str) -> int:
-    dtype = BY_CODE.get(code)
-    if dtype is not None:
-        return dtype.numpy.itemsize
-    if code == "U8":
-        return 1
-    raise KeyError(code)
+#: Bytes per element of each header code a file may use (``U8`` also carries ckptschema's own dtypes).
+_ITEMSIZE = {code: dtype.numpy.itemsize for code, dtype in BY_CODE.items()} | {"U8": 1}
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
 def read_header(source: Source) -> Header:
@@ -177,6 +172,7 @@ def read_header(source: Source) -> Header:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FormatError(f"{where}: header is not UTF-8 ({e.reason} at byte {8 + e.start})") from e
+    del raw
     if not text.startswith("{"):
         raise FormatError(f"{where}: header does not start with '{{' (found {text[:1]!r}); not a safetensors file")
     try:
@@ -192,41 +188,32 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{where}: __metadata__ must map strings to strings")
-    entries = {}
-    for key, info in header.items():
-        entries[key] = _check_entry(key, info, where)
-    spans = sorted((e.start, e.end, k) for k, e in entries.items())
-    offset = 0
-    for start, end, key in spans:
-        if start != offset:
-            problem = "overlaps the tensor before it" if start < offset else f"leaves a gap of {start - offset} bytes"
-            raise FormatError(f"{where}: tensor {key!r} starts at data byte {start}: {problem}")
-        offset = end
-    if offset != data_size:
-        raise FormatError(f"{where}: tensors cover {offset} bytes of data but the file has {data_size}")
-    return Header(
-        {k: dataclasses.replace(e, start=e.start + data_start, end=e.end + data_start) for k, e in entries.items()},
-        metadata,
-        data_start,
-    )
+    entries = {key: _check_entry(key, info, where, data_start) for key, info in header.items()}
+    offset = data_start
+    for key, entry in sorted(entries.items(), key=lambda item: item[1].start):
+        if entry.start != offset:
+            gap = entry.start - offset
+            problem = "overlaps the tensor before it" if gap < 0 else f"leaves a gap of {gap} bytes"
+            raise FormatError(f"{where}: tensor {key!r} starts at data byte {entry.start - data_start}: {problem}")
+        offset = entry.end
+    if offset - data_start != data_size:
+        raise FormatError(f"{where}: tensors cover {offset - data_start} bytes of data but the file has {data_size}")
+    return Header(entries, metadata, data_start)
 
 
-def _check_entry(key: str, info: Any, where: str) -> Entry:
-    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
+    if type(info) is not dict or info.keys() != _ENTRY_KEYS:
         found = sorted(info) if isinstance(info, dict) else type(info).__name__
         raise FormatError(f"{where}: tensor {key!r} must have exactly dtype, shape, data_offsets (found {found})")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(code, str):
-        raise FormatError(f"{where}: tensor {key!r} dtype {code!r} is not a string")
-    try:
-        itemsize = _bytes_per_element(code)
-    except KeyError:
-        raise FormatError(f"{where}: tensor {key!r} has unknown or unsupported dtype {code!r}") from None
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    itemsize = _ITEMSIZE.get(code) if type(code) is str else None
+    if itemsize is None:
+        raise FormatError(f"{where}: tensor {key!r} has unknown or unsupported dtype {code!r}")
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise FormatError(f"{where}: tensor {key!r} shape {shape!r} is not a list of non-negative ints")
     if len(shape) > MAX_RANK:
         raise FormatError(f"{where}: tensor {key!r} has rank {len(shape)}, above MAX_RANK={MAX_RANK}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
         raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     start, end = offsets
     nbytes = math.prod(shape) * itemsize
@@ -234,7 +221,7 @@ def _check_entry(key: str, info: Any, where: str) -> Entry:
         raise FormatError(
             f"{where}: tensor {key!r} of {code}{shape} needs {nbytes} bytes but data_offsets span {end - start}"
         )
-    return Entry(code, tuple(shape), start, end)
+    return Entry(code, tuple(shape), start + data_start, end + data_start)
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:

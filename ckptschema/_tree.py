@@ -253,20 +253,21 @@ def flatten(tree: Any, separator: str = ".", *, template: bool = False) -> Flat:
 
 
 def iter_nodes(node: dict[str, Any], path: tuple[KeyPart, ...] = ()) -> Iterator[tuple[tuple[KeyPart, ...], dict]]:
-    """Yield ``(path, node)`` for every node of a skeleton, parents before children."""
-    yield path, node
-    kind = node["kind"]
-    if kind == "wrapper":
-        yield from iter_nodes(node["child"], path)
-    elif kind in ("list", "tuple"):
-        for i, child in enumerate(node["children"]):
-            yield from iter_nodes(child, (*path, i))
-    elif kind in ("dict", "node"):
-        for k, child in zip(node["keys"], node["children"]):
-            yield from iter_nodes(child, (*path, k))
-    elif kind == "namedtuple":
-        for f, child in zip(node["fields"], node["children"]):
-            yield from iter_nodes(child, (*path, f))
+    """Yield ``(path, node)`` for every node of a skeleton, parents before children, in order."""
+    stack = [(path, node)]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        path, node = pop()
+        yield path, node
+        kind = node["kind"]
+        if kind == "tensor" or kind == "scalar" or kind == "none":
+            continue
+        if kind == "wrapper":
+            push(((path, node["child"]),))
+            continue
+        children = node["children"]
+        keys = range(len(children)) if kind in ("list", "tuple") else node["fields" if kind == "namedtuple" else "keys"]
+        push(reversed([((*path, k), c) for k, c in zip(keys, children)]))
 
 
 def child_keys(node: dict[str, Any]) -> list[KeyPart]:
