@@ -145,4 +145,3 @@ def writing(out: Any, total: int, description: str, requested: bool) -> Iterator
         return
     with bar(total, description, requested) as advance:
         yield _WritingFile(out, advance)
-
