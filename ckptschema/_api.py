@@ -32,7 +32,7 @@ Subtree = str | tuple[KeyPart, ...] | None
 
 
 class _Plan:
-    """Everything a save writes, built once: the manifest data, the arrays, the header."""
+    """Everything a save writes, worked out once: the manifest data, the arrays, the header."""
 
     def __init__(
         self,
@@ -60,9 +60,13 @@ class _Plan:
         }
         self.nodes = [n for _, n in iter_nodes(flat.skeleton) if n["kind"] == "tensor"]
         self.arrays = [_storage.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]]) for n in self.nodes]
-        self.manifest = self._validated()
+        self.entries = _storage.entries_json(
+            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
+            for n, a in zip(self.nodes, self.arrays)
+        )
 
-    def _validated(self) -> Manifest:
+    def manifest(self) -> Manifest:
+        """The validated manifest; a tree it cannot describe is refused here."""
         try:
             return Manifest.from_data(self.data)
         except ValueError as e:
@@ -70,24 +74,19 @@ class _Plan:
 
     def set_digests(self, digests: list[str | None]) -> None:
         for node, digest in zip(self.nodes, digests):
-            if digest is None:
-                node.pop("digest", None)
-            else:
+            if digest is not None:
                 node["digest"] = digest
 
     def header(self, digests: list[str | None]) -> bytes:
         self.set_digests(digests)
         manifest = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
-        entries = [
-            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(tuple(n["shape"])), a.nbytes)
-            for n, a in zip(self.nodes, self.arrays)
-        ]
-        return _storage.header_bytes(entries, {**self.metadata, MANIFEST_KEY: manifest})
+        return _storage.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: manifest})
 
     def write(self, out: Any) -> Manifest:
+        """Stream the file into `out`; the manifest is validated before the caller commits it."""
         digests = _storage.write_file(out, self.header, self.arrays, hashes=self.checksum is not None)
         self.set_digests(digests)
-        return self._validated()
+        return self.manifest()
 
 
 def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:
@@ -177,7 +176,7 @@ def manifest_of(tree: Any, **save_kwargs: Any) -> Manifest:
     """
     plan = _Plan(tree, **_save_options(save_kwargs))
     plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
-    return plan._validated()
+    return plan.manifest()
 
 
 def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +215,11 @@ def _check_manifest_matches_header(manifest: Manifest, header: Header, where: st
             # Container types must be ones that could be on the allow-list (registered, or
             # under a framework in the fixed adapter table); no name is ever imported.
             name = node.get("type") if node["kind"] in ("dict", "wrapper") else None
-            if name is not None and name not in _containers._REGISTRY and name.partition(".")[0] not in _containers.ADAPTERS:
+            if (
+                name is not None
+                and name not in _containers._REGISTRY
+                and name.partition(".")[0] not in _containers.ADAPTERS
+            ):
                 problems.append(f"container type {name!r} at {keypath(path)} is not on the allow-list")
             continue
         key = node["key"]

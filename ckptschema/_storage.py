@@ -25,7 +25,7 @@ import os
 import stat
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import numpy as np
@@ -256,14 +256,27 @@ def to_numpy(value: Any, dtype: DType) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def header_bytes(entries: list[tuple[str, str, list[int], int]], metadata: dict[str, str]) -> bytes:
-    """A safetensors header for ``(key, code, shape, nbytes)`` entries in file order."""
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+def entries_json(entries: Iterable[tuple[str, str, list[int], int]]) -> str:
+    """The tensor part of a header for ``(key, code, shape, nbytes)`` in file order, as JSON members."""
+    members = []
     offset = 0
     for key, code, shape, nbytes in entries:
-        header[key] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        entry = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        members.append(f"{_json(key)}:{_json(entry)}")
         offset += nbytes
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return ",".join(members)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def header_bytes(entries: str, metadata: dict[str, str]) -> bytes:
+    """The length-prefixed, space-padded safetensors header: metadata first, then `entries_json`."""
+    members = [f'"__metadata__":{_json(metadata)}'] if metadata else []
+    if entries:
+        members.append(entries)
+    text = ("{" + ",".join(members) + "}").encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 
