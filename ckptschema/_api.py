@@ -321,12 +321,12 @@ def _default_device_put() -> Callable[[np.ndarray], jax.Array]:
         if not (isinstance(result, jax.Array) and np.array_equal(np.asarray(result), probe) and not result.committed):
             return jax.device_put
         return put
-    except Exception:  # noqa: BLE001 - any difference in JAX's internals means: use the public API
+    except Exception:  # any difference in JAX's internals means: use the public API
         return jax.device_put
 
 
 def _to_default_device(array: np.ndarray) -> jax.Array:
-    if jax.config.jax_default_device is not None:
+    if getattr(jax.config, "jax_default_device", None) is not None:
         return jax.device_put(array)
     return _default_device_put()(array)
 

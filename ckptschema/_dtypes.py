@@ -124,6 +124,6 @@ def jax_can_hold(name: str) -> bool:
         return False
     try:
         jax.device_put(np.zeros((1,), dt)).block_until_ready()
-    except Exception:
+    except Exception:  # any refusal by the backend means it cannot hold the dtype
         return False
     return True

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import json
 import math
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NotRequired
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic import (
     ValidationError as PydanticValidationError,
 )
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from . import _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES

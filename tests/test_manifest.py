@@ -88,7 +88,7 @@ def test_invalid_manifests_are_format_errors(skeleton, fields):
 
 def test_lone_surrogates_are_refused():
     text = json.dumps(_manifest({"kind": "scalar", "type": "str", "value": "\ud800"}))
-    with pytest.raises(ckptschema.FormatError, match="^m.safetensors: manifest holds a lone surrogate$"):
+    with pytest.raises(ckptschema.FormatError, match=r"^m\.safetensors: manifest holds a lone surrogate$"):
         parse_manifest(text, "m.safetensors")
 
 
