@@ -1,0 +1,107 @@
+"""Crash-safe saves: a killed or failing save leaves the previous file whole and valid.
+
+`save` writes a temporary file beside the target (``.NAME.XXXX.tmp``: hidden, and not a
+``*.safetensors`` name), fsyncs it, renames it over the target and fsyncs the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptschema
+from ckptschema import CkptSchemaError
+
+REPO = Path(__file__).resolve().parent.parent
+
+_CHILD = """
+import sys, numpy as np, ckptschema
+tree = {f"t{i}": np.full((2 << 20,), 2.0, np.float32) for i in range(8)}  # 64 MB, all 2.0
+print("go", flush=True)
+ckptschema.save(sys.argv[1], tree)
+print("saved", flush=True)
+"""
+
+
+def _old_tree() -> dict[str, np.ndarray]:
+    return {f"t{i}": np.full((2 << 20,), 1.0, np.float32) for i in range(8)}
+
+
+def _assert_whole(path: Path) -> float:
+    """The file loads with verify=True and validates deep; returns its fill value (1 old, 2 new)."""
+    assert ckptschema.validate(path, deep=True).ok
+    tree = ckptschema.load(path, verify=True)
+    values = {float(np.asarray(v)[0]) for v in tree.values()} | {float(np.asarray(v)[-1]) for v in tree.values()}
+    assert len(values) == 1 and sorted(tree) == sorted(_old_tree())
+    return values.pop()
+
+
+def test_sigkill_during_save_leaves_the_previous_file_loadable_and_valid(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    outcomes = []
+    for delay_ms in (0, 5, 15, 30, 60, 100, 160, 250, 400):
+        ckptschema.save(path, _old_tree())
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "go"
+        time.sleep(delay_ms / 1000)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != path.name)
+        outcomes.append((delay_ms, _assert_whole(path), leftovers))
+        assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [path.name]
+        assert all(n.startswith(".model.safetensors.") and n.endswith(".tmp") for n in leftovers), leftovers
+        for name in leftovers:
+            (tmp_path / name).unlink()
+    # At least one kill landed mid-write (a temporary file was left) with the old file intact.
+    assert any(value == 1.0 and leftovers for _, value, leftovers in outcomes), outcomes
+
+
+def test_exception_late_in_the_tree_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    ckptschema.save(path, _old_tree())
+    before = path.read_bytes()
+    bad = {**{f"t{i}": np.zeros(4, np.float32) for i in range(8)}, "z_last": object()}
+    with pytest.raises(CkptSchemaError):
+        ckptschema.save(path, bad)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_write_failure_mid_save_removes_the_temp_file_and_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    before = path.read_bytes()
+    # The child may write at most 1 MB per file, so the 64 MB save fails half-way with EFBIG.
+    script = (
+        "import resource, signal, sys, numpy as np, ckptschema\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "try:\n"
+        "    ckptschema.save(sys.argv[1], {'w': np.ones(16 << 20, np.float32)})\n"
+        "except ckptschema.CkptSchemaError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("CkptSchemaError ") and "cannot write" in proc.stdout
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_over_an_existing_file_leaves_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    ckptschema.save(path, {"w": np.zeros(4, np.float32)})
+    assert os.listdir(tmp_path) == [path.name]
+    assert ckptschema.load(path, verify=True)["w"].tolist() == [0, 0, 0, 0]
