@@ -88,6 +88,54 @@ def lookup(name: str) -> Container:
     return _REGISTRY[name]
 
 
+def _key_impl(key: Any) -> str:
+    """The PRNG implementation name of a typed key array, concrete or abstract."""
+    import jax
+
+    if isinstance(key, jax.Array):
+        return str(jax.random.key_impl(key))
+    names: list[str] = []
+    jax.eval_shape(lambda k: names.append(str(jax.random.key_impl(k))), key)
+    return names[0]
+
+
+def _key_data(key: Any) -> Any:
+    import jax
+
+    if isinstance(key, jax.Array):
+        return jax.random.key_data(key)
+    return jax.eval_shape(jax.random.key_data, key)
+
+
+def _wrap_key(data: Any, metadata: Mapping[str, Any]) -> Any:
+    import jax
+
+    return jax.random.wrap_key_data(data, impl=metadata["impl"])
+
+
+def is_prng_key(obj: Any) -> bool:
+    """Whether an array leaf is a typed PRNG key array (``jax.random.key``)."""
+    import jax
+    import numpy as np
+
+    if not isinstance(obj, (jax.Array, jax.ShapeDtypeStruct)) or isinstance(obj.dtype, np.dtype):
+        return False
+    return jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key)
+
+
+#: Typed PRNG keys are stored as their ``uint32`` key data, with the implementation's name.
+PRNG_KEY = Container(
+    name="jax.random.key",
+    framework="jax",
+    kind="wrapper",
+    match=is_prng_key,
+    build=_wrap_key,
+    unwrap=_key_data,
+    metadata=lambda key: {"impl": _key_impl(key)},
+    rebuild_like=lambda like, data: _wrap_key(data, {"impl": _key_impl(like)}),
+)
+
+
 def _ordered_dict(children: Mapping[Any, Any], metadata: Any = None) -> Any:
     import collections
 
@@ -95,11 +143,12 @@ def _ordered_dict(children: Mapping[Any, Any], metadata: Any = None) -> Any:
 
 
 register(
+    PRNG_KEY,
     Container(
         name=_BUILTIN,
         framework="jax",
         kind="dict",
         match=lambda obj: type(obj).__module__ == "collections" and type(obj).__name__ == "OrderedDict",
         build=_ordered_dict,
-    )
+    ),
 )

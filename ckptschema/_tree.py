@@ -152,6 +152,8 @@ class _Walker:
                 node["_like"] = x
             return node
         if self._is_tensor(x):
+            if _containers.is_prng_key(x):
+                return self._container(_containers.PRNG_KEY, x, path)
             return self._tensor(x, path)
         container = _containers.find(x)
         if container is not None:
@@ -353,7 +355,7 @@ def unflatten(node: dict[str, Any], leaf: Callable[[dict[str, Any]], Any]) -> An
     if kind == "wrapper":
         return _containers.lookup(node["type"]).build(unflatten(node["child"], leaf), node["metadata"])
     raise CkptSchemaError(
-        f"the checkpoint holds a {node['type']} node, which ckptschema only rebuilds through a template; "
+        f"the checkpoint holds a node of type {node['type']}, which ckptschema only rebuilds through a template; "
         f"pass template= (for example jax.eval_shape of your init function)"
     )
 

@@ -9,8 +9,9 @@ them and a template-less load can rebuild them:
   a wrapper around its value with the variable's JSON-scalar metadata. A wrapper adds no
   part to tensor keys (``layers.0.kernel``, not ``layers.0.kernel.value``).
 
-A PRNG key held by a variable (``nnx.RngKey``) is stored as its ``jax.random.key_data``
-(``uint32``) with the key implementation in the metadata, and comes back as a typed key.
+A PRNG key held by a variable (``nnx.RngKey``) is stored like any typed key: its
+``jax.random.key_data`` (``uint32``) inside a ``jax.random.key`` wrapper that records the
+implementation, and it comes back as a typed key.
 
 ``flax.struct`` dataclasses (a ``TrainState``) and user-defined nnx ``Variable`` subclasses
 are ordinary pytree nodes to the core: they load through a template.
@@ -49,8 +50,6 @@ __all__ = ["deserialize", "load", "load_into", "save", "serialize"]
 PathLike = str | os.PathLike[str]
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
-#: Metadata entry that records the implementation of a PRNG key stored as its key data.
-_PRNG_IMPL = "prng_impl"
 
 
 # ------------------------------------------------------------------------ containers
@@ -64,42 +63,17 @@ def _state(children: Mapping[Any, Any], metadata: Any = None) -> nnx.State:
     return nnx.State(children)
 
 
-def _is_key(value: Any) -> bool:
-    dtype = getattr(value, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _key_impl(value: Any) -> str:
-    """The implementation name of a typed PRNG key, concrete or a ``ShapeDtypeStruct``."""
-    if isinstance(value, jax.ShapeDtypeStruct):
-        return str(value.dtype._impl.name)  # no public accessor for an abstract key's impl
-    return str(jax.random.key_impl(value))
-
-
 def _unwrap(var: nnx.Variable) -> Any:
-    value = var.get_value()
-    if not _is_key(value):
-        return value
-    if isinstance(value, jax.ShapeDtypeStruct):
-        return jax.eval_shape(jax.random.key_data, value)
-    return jax.random.key_data(value)
+    return var.get_value()
 
 
 def _metadata(var: nnx.Variable) -> dict[str, Any]:
     """The variable's metadata that JSON can hold; sharding names and callables are left out."""
-    metadata = {k: v for k, v in var.get_metadata().items() if isinstance(k, str) and isinstance(v, _JSON_SCALARS)}
-    value = var.get_value()
-    if _is_key(value):
-        metadata[_PRNG_IMPL] = _key_impl(value)
-    return metadata
+    return {k: v for k, v in var.get_metadata().items() if isinstance(k, str) and isinstance(v, _JSON_SCALARS)}
 
 
 def _variable_builder(cls: type[nnx.Variable]) -> Any:
     def build(child: Any, metadata: Mapping[str, Any]) -> nnx.Variable:
-        metadata = dict(metadata)
-        impl = metadata.pop(_PRNG_IMPL, None)
-        if impl is not None:
-            child = jax.random.wrap_key_data(child, impl=impl)
         return cls(child, **metadata)
 
     return build
@@ -107,9 +81,6 @@ def _variable_builder(cls: type[nnx.Variable]) -> Any:
 
 def _variable_like(template: nnx.Variable, child: Any) -> nnx.Variable:
     """A variable of the template's type holding `child`, with exactly the template's metadata."""
-    value = template.get_value()
-    if _is_key(value):
-        child = jax.random.wrap_key_data(child, impl=_key_impl(value))
     treedef = jax.tree_util.tree_structure(template, is_leaf=lambda c: c is not template)
     return jax.tree_util.tree_unflatten(treedef, [child])
 

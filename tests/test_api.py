@@ -355,3 +355,23 @@ def test_loading_emits_no_warnings(ckpt):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ckptschema.load(ckpt, template=jax.eval_shape(_params))
+
+
+def test_typed_prng_keys_round_trip_as_key_data(tmp_path):
+    keys = {"dropout": jax.random.split(jax.random.key(7), 3), "rbg": jax.random.key(1, impl="rbg")}
+    manifest = ckptschema.save(tmp_path / "k.safetensors", keys)
+    loaded = ckptschema.load(tmp_path / "k.safetensors")
+    assert {k: (t.dtype, t.shape) for k, t in manifest.tensors.items()} == {
+        "dropout": ("uint32", (3, 2)),
+        "rbg": ("uint32", (4,)),
+    }
+    for name in keys:
+        assert loaded[name].dtype == keys[name].dtype
+        assert_same_array(jax.random.key_data(loaded[name]), jax.random.key_data(keys[name]))
+
+
+def test_typed_prng_keys_load_through_an_abstract_template(tmp_path):
+    keys = {"rng": jax.random.split(jax.random.key(7), 2)}
+    ckptschema.save(tmp_path / "k.safetensors", keys)
+    loaded = ckptschema.load(tmp_path / "k.safetensors", template=jax.eval_shape(lambda: keys))
+    assert jax.random.uniform(loaded["rng"][0]) == jax.random.uniform(keys["rng"][0])
