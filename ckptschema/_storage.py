@@ -22,9 +22,9 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import stat
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
@@ -310,7 +310,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """
     target = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    fd, tmp = _create_beside(target)
     try:
         with os.fdopen(fd, "w+b", buffering=1 << 20) as f:
             yield f
@@ -322,6 +322,30 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _create_beside(target: str) -> tuple[int, str]:
+    """A new temporary file in `target`'s directory with the permissions a plain save would get.
+
+    Mode 0o666 lets the umask apply, as for any new file (``tempfile.mkstemp`` would give
+    0o600); a save over an existing file keeps that file's mode.
+    """
+    directory, name = os.path.split(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 def _fsync_directory(directory: str) -> None:

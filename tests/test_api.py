@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import stat
 import warnings
 
 import jax
@@ -375,3 +377,20 @@ def test_typed_prng_keys_load_through_an_abstract_template(tmp_path):
     ckptschema.save(tmp_path / "k.safetensors", keys)
     loaded = ckptschema.load(tmp_path / "k.safetensors", template=jax.eval_shape(lambda: keys))
     assert jax.random.uniform(loaded["rng"][0]) == jax.random.uniform(keys["rng"][0])
+
+
+def test_saved_file_gets_the_permissions_of_a_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(1, np.float32)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o644
+
+
+def test_saving_over_a_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "m.safetensors"
+    ckptschema.save(path, {"w": np.ones(1, np.float32)})
+    path.chmod(0o640)
+    ckptschema.save(path, {"w": np.zeros(1, np.float32)})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
