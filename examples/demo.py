@@ -17,6 +17,7 @@ import numpy as np
 from ckptschema.cli import main as cli
 
 import ckptschema
+import ckptschema.flax
 
 
 class MLP(nn.Module):
@@ -43,7 +44,7 @@ def main() -> int:
     path = workdir / "mlp.safetensors"
 
     step(f"save -> {path}")
-    manifest = ckptschema.save(path, variables, metadata={"model": "MLP(hidden=32)"})
+    manifest = ckptschema.flax.save(path, variables, metadata={"model": "MLP(hidden=32)"})
     print(
         f"{len(manifest.tensors)} tensors, {manifest.num_params} parameters, {manifest.nbytes} bytes, "
         f"framework {manifest.framework!r}"
