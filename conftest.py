@@ -39,6 +39,7 @@ collect_ignore = [
     for path, module in [
         ("ckptschema/flax.py", "flax"),
         ("ckptschema/objax.py", "objax"),
+        ("ckptschema/haiku.py", "haiku"),
         ("tests/test_flax.py", "flax"),
         ("tests/test_haiku.py", "haiku"),
         ("tests/test_objax.py", "objax"),
