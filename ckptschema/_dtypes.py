@@ -107,7 +107,10 @@ def lookup(name: str) -> DType:
 
 def dtype_of(array_dtype: np.dtype) -> DType | None:
     """The `DType` of a numpy/JAX dtype, or None if ckptschema cannot store it."""
-    return _BY_NUMPY.get(np.dtype(array_dtype).newbyteorder("<"))
+    found = _BY_NUMPY.get(array_dtype)  # the common case: a native little-endian dtype
+    if found is None and isinstance(array_dtype, np.dtype):
+        found = _BY_NUMPY.get(array_dtype.newbyteorder("<"))
+    return found
 
 
 @functools.cache

@@ -213,9 +213,11 @@ def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
         raise FormatError(f"{where}: tensor {key!r} shape {shape!r} is not a list of non-negative ints")
     if len(shape) > MAX_RANK:
         raise FormatError(f"{where}: tensor {key!r} has rank {len(shape)}, above MAX_RANK={MAX_RANK}")
-    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
+    if type(offsets) is not list or len(offsets) != 2:
         raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     start, end = offsets
+    if type(start) is not int or type(end) is not int or start < 0 or end < 0:
+        raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     nbytes = math.prod(shape) * itemsize
     if end - start != nbytes:
         raise FormatError(
@@ -227,7 +229,7 @@ def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
 def aligned_empty(nbytes: int) -> np.ndarray:
     """A fresh uint8 buffer whose data starts on a 64-byte boundary (JAX can alias it)."""
     raw = np.empty(nbytes + _ALIGN, np.uint8)
-    skip = -raw.ctypes.data % _ALIGN
+    skip = -raw.__array_interface__["data"][0] % _ALIGN
     return raw[skip : skip + nbytes]
 
 
