@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jax
 import numpy as np
@@ -25,7 +26,30 @@ from ._validate import Report, compare
 __all__ = ["dumps", "load", "loads", "manifest_of", "read_manifest", "save", "validate"]
 
 PathLike = str | os.PathLike[str]
+F = TypeVar("F", bound=Callable[..., Any])
 Subtree = str | tuple[KeyPart, ...] | None
+
+
+def _gc_paused(fn: F) -> F:
+    """Run `fn` with Python's cyclic garbage collector paused.
+
+    Saving or loading a tree allocates tens of thousands of small, acyclic objects (skeleton
+    dicts, keys, arrays); each allocation burst can trigger a collection that scans the
+    caller's whole heap, so without this a 20,000-leaf load costs 1.8x more, and more the
+    bigger the program. The collector's state is restored on the way out.
+    """
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return cast(F, paused)
 
 
 # ---------------------------------------------------------------------------------- saving
@@ -100,6 +124,7 @@ def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[s
     return result
 
 
+@_gc_paused
 def save(
     path: PathLike,
     tree: Any,
@@ -149,6 +174,7 @@ def save(
         raise CkptSchemaError(f"{os.fspath(path)}: cannot write ({e.strerror or e})") from e
 
 
+@_gc_paused
 def dumps(tree: Any, **save_kwargs: Any) -> bytes:
     """The bytes `save` would write, as a `bytes` object.
 
@@ -166,6 +192,7 @@ def dumps(tree: Any, **save_kwargs: Any) -> bytes:
     return out.getvalue()
 
 
+@_gc_paused
 def manifest_of(tree: Any, **save_kwargs: Any) -> Manifest:
     """The `Manifest` that `save` would record for a tree, checksums included.
 
@@ -257,6 +284,7 @@ def _lookup_containers(skeleton: dict[str, Any], where: str) -> None:
                 ) from None
 
 
+@_gc_paused
 def read_manifest(path: PathLike) -> Manifest:
     """Read a checkpoint's manifest from its header; no tensor bytes are read.
 
@@ -273,15 +301,6 @@ def read_manifest(path: PathLike) -> Manifest:
         if manifest is None:
             raise FormatError(f"{src.name}: no ckptschema manifest in the header (a plain safetensors file)")
         return manifest
-
-
-def _read(
-    source: Source, header: Header, key: str, dtype_name: str, shape: list[int], digest: str | None, verify: bool
-) -> np.ndarray:
-    array = _storage.read_tensor(source, header.entries[key], DTYPES[dtype_name], tuple(shape))
-    if verify:
-        _storage.verify(array, digest, key, source.name)
-    return array
 
 
 def _place(array: np.ndarray, dtype_name: str, like: Any = None) -> Any:
@@ -355,6 +374,7 @@ def _select(manifest: Manifest, subtree: Subtree, where: str) -> tuple[dict[str,
     raise CkptSchemaError(f"{where}: no subtree {subtree!r} in the checkpoint (paths join with {manifest.separator!r})")
 
 
+@_gc_paused
 def load(
     path: PathLike,
     template: Any = None,
@@ -405,6 +425,7 @@ def load(
         return _load(tracked, header, manifest, template, strict, subtree, verify, separator)
 
 
+@_gc_paused
 def loads(data: bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any) -> Any:
     """Load a checkpoint from bytes (as made by `dumps`); same options as `load`.
 
@@ -431,24 +452,33 @@ def _load(
     if manifest is None:
         return _load_plain(source, header, template, strict, subtree, verify, separator or ".")
     node, prefix = _select(manifest, subtree, source.name)
-
-    def read(n: dict[str, Any]) -> np.ndarray:
-        return _read(source, header, n["key"], n["dtype"], n["shape"], n.get("digest"), verify)
-
     if template is None:
         _lookup_containers(node, source.name)
-        return unflatten(node, lambda n: _place(read(n), n["dtype"]))
+        tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
+        arrays = _read_all(source, header, tensors, verify)
+        return unflatten(node, lambda n: _place(arrays[id(n)], n["dtype"]))
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     _raise_or_warn(result.issues, strict, source.name)
+    arrays = _read_all(source, header, [n for n in result.pairs.values() if n["kind"] == "tensor"], verify)
 
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
         if found["kind"] == "scalar":
             return _scalar_like(scalar_value(found), t["_like"])
-        return _place(read(found), found["dtype"], t["_like"])
+        return _place(arrays[id(found)], found["dtype"], t["_like"])
 
     return rebuild(expected, fill)
+
+
+def _read_all(source: Source, header: Header, nodes: list[dict[str, Any]], verify: bool) -> dict[int, np.ndarray]:
+    """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows."""
+    wanted = [(header.entries[n["key"]], DTYPES[n["dtype"]], n["shape"]) for n in nodes]
+    arrays = _storage.read_tensors(source, wanted)
+    if verify:
+        for n, array in zip(nodes, arrays):
+            _storage.verify(array, n.get("digest"), n["key"], source.name)
+    return {id(n): array for n, array in zip(nodes, arrays)}
 
 
 def _raise_or_warn(issues: list[Issue], strict: bool, where: str) -> None:
@@ -572,6 +602,7 @@ def _scalar_tensor_ok(dtype: Any, kind: str) -> bool:
 # ------------------------------------------------------------------------------ validation
 
 
+@_gc_paused
 def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = False, progress: bool = False) -> Report:
     """Check a checkpoint without loading it; mismatches are reported, never raised.
 
@@ -630,7 +661,7 @@ def _deep_issues(source: Source, header: Header, manifest: Manifest) -> list[Iss
     issues = []
     for path, node in iter_nodes(manifest.data["skeleton"]):
         if node["kind"] == "tensor" and node.get("digest"):
-            array = _read(source, header, node["key"], node["dtype"], node["shape"], None, False)
+            array = _storage.read_tensor(source, header.entries[node["key"]], DTYPES[node["dtype"]], node["shape"])
             actual = _storage.digest(array)
             if actual != node["digest"]:
                 issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))

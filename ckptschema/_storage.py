@@ -22,10 +22,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import numpy as np
@@ -39,7 +40,7 @@ __all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tens
 
 MANIFEST_KEY = "ckptschema"
 _ALIGN = 64
-_HASH_IN_THREAD = 4 << 20  # tensors this large are hashed on a second core while writing
+_HASH_IN_THREAD = 64 << 10  # tensors this large are hashed on a second core while writing
 
 
 class Source(Protocol):
@@ -233,12 +234,53 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
-def read_tensor(source: Source, entry: Entry, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:
+def read_tensor(source: Source, entry: Entry, dtype: DType, shape: Sequence[int]) -> np.ndarray:
     """Read one tensor's bytes into a fresh aligned numpy array of its true dtype and shape."""
     buffer = aligned_empty(entry.nbytes)
     if entry.nbytes:
         source.read_into(entry.start, buffer.data)
-    return buffer.view(dtype.numpy).reshape(shape)
+    return buffer.view(dtype.numpy).reshape(tuple(shape))
+
+
+#: Tensors smaller than this are read together with their neighbours, in one call.
+_SMALL_TENSOR = 1 << 20
+#: Most bytes one coalesced read covers.
+_MAX_RUN = 16 << 20
+
+
+def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
+    """Read many tensors, in the order asked, each as an array of its true dtype and shape.
+
+    Large tensors get their own 64-byte aligned buffer, which JAX can alias. Runs of small
+    tensors that lie next to each other in the file are read with one call into one buffer
+    and handed out as views of it, so 20,000 tiny leaves cost a few reads, not 20,000.
+    """
+    wanted = list(wanted)
+    arrays: list[Any] = [None] * len(wanted)
+    run: list[int] = []
+
+    def flush() -> None:
+        start, end = wanted[run[0]][0].start, wanted[run[-1]][0].end
+        buffer = aligned_empty(end - start)
+        if end > start:
+            source.read_into(start, buffer.data)
+        for i in run:
+            entry, dtype, shape = wanted[i]
+            chunk = buffer[entry.start - start : entry.end - start]
+            arrays[i] = chunk.view(dtype.numpy).reshape(tuple(shape))
+        run.clear()
+
+    for i in sorted(range(len(wanted)), key=lambda i: wanted[i][0].start):
+        entry, dtype, shape = wanted[i]
+        if entry.nbytes >= _SMALL_TENSOR:
+            arrays[i] = read_tensor(source, entry, dtype, shape)
+            continue
+        if run and (wanted[run[-1]][0].end != entry.start or entry.end - wanted[run[0]][0].start > _MAX_RUN):
+            flush()
+        run.append(i)
+    if run:
+        flush()
+    return arrays
 
 
 def digest(array: np.ndarray) -> str:
@@ -259,14 +301,24 @@ def to_numpy(value: Any, dtype: DType) -> np.ndarray:
 
 
 def entries_json(entries: Iterable[tuple[str, str, list[int], int]]) -> str:
-    """The tensor part of a header for ``(key, code, shape, nbytes)`` in file order, as JSON members."""
+    """The tensor part of a header for ``(key, code, shape, nbytes)`` in file order, as JSON members.
+
+    Byte for byte what ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` writes,
+    built with string joins (a 20,000-tensor header would otherwise spend most of a save
+    in 40,000 ``json.dumps`` calls); only keys that need escaping go through `json`.
+    """
     members = []
     offset = 0
     for key, code, shape, nbytes in entries:
-        entry = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        members.append(f"{_json(key)}:{_json(entry)}")
+        name = _json(key) if _NEEDS_ESCAPE.search(key) else f'"{key}"'
+        dims = ",".join(map(str, shape))
+        members.append(f'{name}:{{"dtype":"{code}","shape":[{dims}],"data_offsets":[{offset},{offset + nbytes}]}}')
         offset += nbytes
     return ",".join(members)
+
+
+#: Characters JSON escapes even with ensure_ascii=False.
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 
 
 def _json(value: Any) -> str:
