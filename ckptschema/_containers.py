@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ class Container:
     unwrap: Callable[[Any], Any] | None = None
     metadata: Callable[[Any], dict[str, Any]] | None = None
     rebuild_like: Callable[[Any, Any], Any] | None = None
-    items: Callable[[Any], Any] = dict.items
+    items: Callable[[Any], Any] = operator.methodcaller("items")
 
 
 _REGISTRY: dict[str, Container] = {}

@@ -99,10 +99,6 @@ def _exact(cls: type) -> Any:
     return lambda obj: type(obj) is cls
 
 
-def _items(mapping: Mapping[Any, Any]) -> Any:
-    return mapping.items()
-
-
 register(
     Container(
         name="flax.FrozenDict",
@@ -110,11 +106,8 @@ register(
         kind="dict",
         match=_exact(FrozenDict),
         build=_frozen_dict,
-        items=_items,
     ),
-    Container(
-        name="flax.nnx.State", framework="flax.nnx", kind="dict", match=_exact(nnx.State), build=_state, items=_items
-    ),
+    Container(name="flax.nnx.State", framework="flax.nnx", kind="dict", match=_exact(nnx.State), build=_state),
     *(
         Container(
             name=f"flax.nnx.{name}",

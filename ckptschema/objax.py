@@ -47,10 +47,6 @@ def _var_collection(children: Mapping[str, Any], metadata: Any = None) -> VarCol
     return VarCollection(children)
 
 
-def _items(vc: VarCollection) -> Any:
-    return vc.items()
-
-
 def _unwrap(var: BaseVar) -> Any:
     return var.value
 
@@ -115,7 +111,6 @@ register(
         kind="dict",
         match=_exact(VarCollection),
         build=_var_collection,
-        items=_items,
     ),
     _var("TrainVar", TrainVar, _train_var),
     _var("StateVar", StateVar, _state_var),
