@@ -77,15 +77,16 @@ def _scalar_value_matches(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-class _ScalarNode(TypedDict):
+class ScalarNode(TypedDict):
+    """A Python scalar leaf kept in the manifest; floats are stored as their exact repr."""
+
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["scalar"]
     type: Literal["bool", "int", "float", "str"]
     value: bool | int | str
 
 
-#: A Python scalar leaf kept in the manifest; floats are stored as their exact repr.
-ScalarNode = Annotated[_ScalarNode, AfterValidator(_scalar_value_matches)]
+_CheckedScalarNode = Annotated[ScalarNode, AfterValidator(_scalar_value_matches)]
 
 
 class NoneNode(TypedDict):
@@ -119,7 +120,9 @@ def _valid_namedtuple(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-class _NamedTupleNode(TypedDict):
+class NamedTupleNode(TypedDict):
+    """A namedtuple: rebuilt as a fresh class of this name and fields, never imported."""
+
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["namedtuple"]
     name: str
@@ -127,8 +130,7 @@ class _NamedTupleNode(TypedDict):
     children: _Children
 
 
-#: A namedtuple: rebuilt as a fresh class of this name and fields, never imported.
-NamedTupleNode = Annotated[_NamedTupleNode, AfterValidator(_valid_namedtuple)]
+_CheckedNamedTupleNode = Annotated[NamedTupleNode, AfterValidator(_valid_namedtuple)]
 
 
 def _unique_keys(node: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +142,9 @@ def _unique_keys(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-class _DictNode(TypedDict):
+class DictNode(TypedDict):
+    """A dict (``type`` null) or an allow-listed mapping container such as ``flax.FrozenDict``."""
+
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["dict"]
     type: str | None
@@ -148,8 +152,7 @@ class _DictNode(TypedDict):
     children: _Children
 
 
-#: A dict (``type`` null) or an allow-listed mapping container such as ``flax.FrozenDict``.
-DictNode = Annotated[_DictNode, AfterValidator(_unique_keys)]
+_CheckedDictNode = Annotated[DictNode, AfterValidator(_unique_keys)]
 
 
 class WrapperNode(TypedDict):
@@ -162,7 +165,9 @@ class WrapperNode(TypedDict):
     child: Node
 
 
-class _CustomNode(TypedDict):
+class CustomNode(TypedDict):
+    """Any other registered pytree node; only a template can rebuild it."""
+
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["node"]
     type: str
@@ -170,11 +175,18 @@ class _CustomNode(TypedDict):
     children: _Children
 
 
-#: Any other registered pytree node; only a template can rebuild it.
-CustomNode = Annotated[_CustomNode, AfterValidator(_unique_keys)]
+_CheckedCustomNode = Annotated[CustomNode, AfterValidator(_unique_keys)]
 
 Node = Annotated[
-    TensorNode | ScalarNode | NoneNode | ListNode | TupleNode | NamedTupleNode | DictNode | WrapperNode | CustomNode,
+    TensorNode
+    | _CheckedScalarNode
+    | NoneNode
+    | ListNode
+    | TupleNode
+    | _CheckedNamedTupleNode
+    | _CheckedDictNode
+    | WrapperNode
+    | _CheckedCustomNode,
     Field(discriminator="kind"),
 ]
 
