@@ -12,6 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "run.py")
 
+
 # The harness runs in a subprocess, so the competitors (flax, orbax, equinox: the 'bench'
 # extra, installed by tox) are never imported into this test process.
 @pytest.mark.slow
