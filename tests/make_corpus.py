@@ -593,8 +593,12 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "--run":
         run_cases(argv[1], int(argv[2]))
         return 0
-    if len(argv) != 1:
-        print("usage: python tests/make_corpus.py OUT_DIR  |  --run OUT_DIR MEMORY_BYTES", file=sys.stderr)
+    usage = "usage: python tests/make_corpus.py OUT_DIR  |  --run OUT_DIR MEMORY_BYTES"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(usage, file=sys.stderr)
         return 2
     cases = build_corpus(argv[0])
     print(f"{len(cases)} cases written to {argv[0]}")
