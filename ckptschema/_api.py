@@ -242,11 +242,7 @@ def _check_manifest_matches_header(manifest: Manifest, header: Header, where: st
             # Container types must be ones that could be on the allow-list (registered, or
             # under a framework in the fixed adapter table); no name is ever imported.
             name = node.get("type") if node["kind"] in ("dict", "wrapper") else None
-            if (
-                name is not None
-                and name not in _containers._REGISTRY
-                and name.partition(".")[0] not in _containers.ADAPTERS
-            ):
+            if name is not None and not _containers.may_name(name):
                 problems.append(f"container type {name!r} at {keypath(path)} is not on the allow-list")
             continue
         key = node["key"]

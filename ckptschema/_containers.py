@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ._errors import CkptSchemaError
 
-__all__ = ["ADAPTERS", "Container", "find", "lookup", "register"]
+__all__ = ["ADAPTERS", "Container", "find", "lookup", "may_name", "register"]
 
 #: Top-level module of a framework -> the ckptschema adapter that knows its containers.
 ADAPTERS = {"flax": "ckptschema.flax", "objax": "ckptschema.objax"}
@@ -80,6 +80,11 @@ def find(obj: Any) -> Container | None:
     found = next((c for c in _REGISTRY.values() if c.match(obj)), None)
     _BY_TYPE[cls] = found
     return found
+
+
+def may_name(name: str) -> bool:
+    """Whether a manifest may name this container: registered, or under an adapter's framework."""
+    return name in _REGISTRY or name.partition(".")[0] in ADAPTERS
 
 
 def lookup(name: str) -> Container:
