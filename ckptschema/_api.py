@@ -398,6 +398,7 @@ def load(
         subtree: load only this part, as a separator-joined path (``"params.Dense_0"``)
             or a tuple of keys; only its bytes are read.
         verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+            Files saved with ``checksum=None``, and plain safetensors files, have none to check.
         separator: for files without a manifest, the separator that joined their keys.
         progress: show a progress bar over the bytes read (only when stderr is a terminal).
 
@@ -446,7 +447,7 @@ def _load(
     separator: str | None,
 ) -> Any:
     if manifest is None:
-        return _load_plain(source, header, template, strict, subtree, verify, separator or ".")
+        return _load_plain(source, header, template, strict, subtree, separator or ".")
     node, prefix = _select(manifest, subtree, source.name)
     if template is None:
         _lookup_containers(node, source.name)
@@ -521,9 +522,7 @@ def _plain_candidates(
     return walk(skeleton, (), "")
 
 
-def _load_plain(
-    source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, verify: bool, separator: str
-) -> Any:
+def _load_plain(source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, separator: str) -> Any:
     if template is None:
         if subtree is not None:
             raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
@@ -630,7 +629,7 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
                     src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")]
                 )
             try:
-                _load_plain(src, header, against, True, None, False, ".")
+                _load_plain(src, header, against, True, None, ".")
             except ValidationError as e:
                 return Report(src.name, e.issues)
             return Report(src.name, [])
