@@ -14,10 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ckptschema.cli import main as cli
 
 import ckptschema
 import ckptschema.flax
+from ckptschema.cli import main as cli
 
 
 class MLP(nn.Module):
