@@ -118,6 +118,8 @@ def open_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview)
     """A `Source` for a path or an in-memory checkpoint."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return BytesSource(source)
+    if isinstance(source, str) and "://" in source:
+        raise FormatError(f"{source}: remote URLs (fsspec) are not supported by this version; read a local copy")
     return FileSource(source)
 
 

@@ -394,3 +394,8 @@ def test_saving_over_a_file_keeps_its_permissions(tmp_path):
     path.chmod(0o640)
     ckptschema.save(path, {"w": np.zeros(1, np.float32)})
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_remote_urls_are_refused_clearly():
+    with pytest.raises(ckptschema.FormatError, match=r"^s3://bucket/m\.safetensors: remote URLs \(fsspec\) are not"):
+        ckptschema.load("s3://bucket/m.safetensors")
