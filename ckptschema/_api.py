@@ -21,7 +21,7 @@ from ._limits import MAX_HEADER_BYTES
 from ._manifest import FORMAT_VERSION, Manifest, parse_manifest
 from ._storage import MANIFEST_KEY, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
-from ._validate import Report, compare
+from ._validate import Report, compare, scalar_kind_matches
 
 __all__ = ["dumps", "load", "loads", "manifest_of", "read_manifest", "save", "validate"]
 
@@ -522,17 +522,11 @@ def _plain_candidates(
     return walk(skeleton, (), "")
 
 
-def _load_plain(source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, separator: str) -> Any:
-    if template is None:
-        if subtree is not None:
-            raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
-        return {
-            key: _place(
-                _storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape),
-                BY_CODE.get(e.code, DTYPES["uint8"]).name,
-            )
-            for key, e in header.entries.items()
-        }
+def _match_plain(header: Header, template: Any, separator: str) -> tuple[dict[str, Any], list[Issue], dict[int, str]]:
+    """Match a template's leaves to the keys of a file with no manifest; reads no tensor bytes.
+
+    Returns the template's skeleton, every mismatch, and each matched leaf's key by node ``id``.
+    """
     expected = flatten(template, separator, template=True).skeleton
     issues: list[Issue] = []
     matched: dict[int, str] = {}
@@ -553,7 +547,7 @@ def _load_plain(source: Source, header: Header, template: Any, strict: bool, sub
             issues.append(Issue("shape", keypath(path), str(entry.shape), str(want_shape)))
         elif want_dtype is not None and found != want_dtype:
             issues.append(Issue("dtype", keypath(path), found, want_dtype))
-        elif want_dtype is None and not _scalar_tensor_ok(dtype, node["type"]):
+        elif want_dtype is None and (dtype is None or not scalar_kind_matches(node["type"], dtype.numpy)):
             issues.append(Issue("dtype", keypath(path), found, node["type"]))
         else:
             matched[id(node)] = key
@@ -563,6 +557,21 @@ def _load_plain(source: Source, header: Header, template: Any, strict: bool, sub
         issues.append(
             Issue("unexpected", key, f"{dtype.name if dtype else e.code}[{','.join(map(str, e.shape))}]", None)
         )
+    return expected, issues, matched
+
+
+def _load_plain(source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, separator: str) -> Any:
+    if template is None:
+        if subtree is not None:
+            raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
+        return {
+            key: _place(
+                _storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape),
+                BY_CODE.get(e.code, DTYPES["uint8"]).name,
+            )
+            for key, e in header.entries.items()
+        }
+    expected, issues, matched = _match_plain(header, template, separator)
     _raise_or_warn(issues, strict, source.name)
 
     def fill(t: dict[str, Any]) -> Any:
@@ -581,17 +590,6 @@ def _describe_expected(node: dict[str, Any]) -> str:
     if node["kind"] == "tensor":
         return f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
     return f"{node['type']} scalar"
-
-
-def _scalar_tensor_ok(dtype: Any, kind: str) -> bool:
-    if dtype is None:
-        return False
-    np_dtype = dtype.numpy
-    return {
-        "bool": np_dtype == np.bool_,
-        "int": np.issubdtype(np_dtype, np.integer),
-        "float": np.issubdtype(np_dtype, np.floating),
-    }.get(kind, False)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -628,11 +626,7 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
                 return Report(
                     src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")]
                 )
-            try:
-                _load_plain(src, header, against, True, None, ".")
-            except ValidationError as e:
-                return Report(src.name, e.issues)
-            return Report(src.name, [])
+            return Report(src.name, _match_plain(header, against, ".")[1])
         issues = _against(manifest, against)
         if deep:
             with _tracked(src, header, "verifying", progress) as tracked:

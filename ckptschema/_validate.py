@@ -16,9 +16,9 @@ import numpy as np
 
 from ._dtypes import DTYPES
 from ._errors import Issue, format_issues, grouped
-from ._tree import KeyPart, child_keys, describe, iter_nodes, keypath, scalar_value
+from ._tree import KeyPart, child_keys, describe, iter_nodes, keypath
 
-__all__ = ["Report", "compare"]
+__all__ = ["Report", "compare", "scalar_kind_matches"]
 
 _MAPPINGS = ("dict",)
 
@@ -77,19 +77,26 @@ def _shape(node: dict[str, Any]) -> str:
     return str(tuple(node["shape"]))
 
 
+def scalar_kind_matches(kind: str, dtype: np.dtype) -> bool:
+    """Whether a Python scalar of `kind` (``bool``/``int``/``float``) belongs in a 0-d tensor of `dtype`."""
+    if kind == "bool":
+        return bool(dtype == np.bool_)
+    if kind == "int":
+        return bool(np.issubdtype(dtype, np.integer))
+    if kind == "float":
+        return bool(np.issubdtype(dtype, np.floating))
+    return False
+
+
 def _scalar_fits(scalar: dict[str, Any], dtype_name: str) -> bool:
     """Whether a recorded Python scalar can fill a 0-d tensor of `dtype_name` exactly."""
     dtype = DTYPES[dtype_name].numpy
-    value = scalar_value(scalar)
-    assert not isinstance(value, str)
-    kind = scalar["type"]
-    if kind == "bool":
-        return dtype == np.bool_
-    if kind == "int":
-        return np.issubdtype(dtype, np.integer) and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
-    if kind == "float":
-        return np.issubdtype(dtype, np.floating)
-    return False
+    if not scalar_kind_matches(scalar["type"], dtype):
+        return False
+    if scalar["type"] == "int":
+        value: int = scalar["value"]
+        return bool(np.iinfo(dtype).min <= value <= np.iinfo(dtype).max)
+    return True
 
 
 class _Comparer:
