@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -68,8 +69,12 @@ def _unwrap(var: nnx.Variable) -> Any:
 
 
 def _metadata(var: nnx.Variable) -> dict[str, Any]:
-    """The variable's metadata that JSON can hold; sharding names and callables are left out."""
-    return {k: v for k, v in var.get_metadata().items() if isinstance(k, str) and isinstance(v, _JSON_SCALARS)}
+    """The variable's metadata that JSON can hold; sharding names, callables and inf/nan are left out."""
+    return {
+        k: v
+        for k, v in var.get_metadata().items()
+        if isinstance(k, str) and isinstance(v, _JSON_SCALARS) and not (isinstance(v, float) and not math.isfinite(v))
+    }
 
 
 def _variable_builder(cls: type[nnx.Variable]) -> Any:

@@ -219,6 +219,13 @@ def test_nnx_state_without_template_keeps_variable_types_and_int_keys(tmp_path):
     np.testing.assert_array_equal(restored(X), net(X))
 
 
+def test_nnx_metadata_json_cannot_hold_is_left_out(tmp_path):
+    state = {"w": nnx.Param(jnp.ones(2), scale=float("inf"), name="w", note=float("nan"))}
+    ckptschema.flax.save(tmp_path / "m.safetensors", state)
+    metadata = ckptschema.flax.load(tmp_path / "m.safetensors")["w"].get_metadata()
+    assert metadata["name"] == "w" and "scale" not in metadata and "note" not in metadata
+
+
 def test_nnx_round_trips_with_abstract_template(tmp_path):
     net = _trained_net()
     ckptschema.flax.save(tmp_path / "net.safetensors", net)
