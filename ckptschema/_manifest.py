@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     NonNegativeInt,
     StrictInt,
     StrictStr,
@@ -27,6 +28,7 @@ from pydantic import (
 from pydantic import (
     ValidationError as PydanticValidationError,
 )
+from pydantic_core import PydanticSerializationError, from_json, to_json
 from typing_extensions import TypedDict
 
 from . import _tree
@@ -161,7 +163,7 @@ class WrapperNode(TypedDict):
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["wrapper"]
     type: str
-    metadata: dict[str, str | int | float | bool | None]
+    metadata: dict[str, str | int | FiniteFloat | bool | None]
     child: Node
 
 
@@ -334,8 +336,19 @@ def _check_shape_of_tree(skeleton: Any) -> None:
             stack.append((child, depth))
 
 
-def _canonical(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+def compact_json(data: Any) -> str:
+    """The one compact JSON form ckptschema writes (and `strict_json` parses fastest).
+
+    Example:
+        >>> compact_json({"a": [1, "é"]})
+        '{"a":[1,"é"]}'
+    """
+    try:
+        return to_json(data).decode("utf-8")
+    except PydanticSerializationError:  # nested beyond its depth limit, or holding a lone surrogate
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        text.encode("utf-8")  # UnicodeEncodeError for a lone surrogate
+        return text
 
 
 def strict_json(text: str, what: str, max_objects: int) -> Any:
@@ -345,16 +358,22 @@ def strict_json(text: str, what: str, max_objects: int) -> Any:
 
     The value count is bounded before parsing (with C-speed counts of ``,``, ``[`` and
     ``{``, which can only over-count), so a small hostile document cannot expand into
-    gigabytes of Python objects. Nesting is bounded while parsing: the C parser raises
-    RecursionError long before the stack is at risk, and every parsed document is then
-    checked structurally (a header entry is three flat fields, a skeleton at most
-    `MAX_DEPTH` levels). Text in the compact form ckptschema writes is parsed at C speed and
-    proven free of duplicates by writing it back byte for byte; anything else takes a
-    slower parser that inspects every object.
+    gigabytes of Python objects. Text in the compact form ckptschema writes (`compact_json`)
+    is parsed by pydantic-core's Rust parser and proven free of duplicates by writing it
+    back byte for byte: a dropped duplicate could not reappear. Anything else (other
+    spacing, nesting deeper than that parser's 200 levels) takes the standard library's
+    parser with a hook that inspects every object; its nesting is bounded by the
+    interpreter's recursion guard, and every parsed document is then checked structurally
+    (a header entry is three flat fields, a skeleton at most `MAX_DEPTH` levels).
 
     Raises:
         ValueError: with a message saying what was wrong.
     """
+    return _strict_json(text, what, max_objects)[0]
+
+
+def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, bool]:
+    """`strict_json`, and whether the text was in compact form (so nested at most 200 deep)."""
 
     def constant(name: str) -> Any:
         raise ValueError(f"{what} holds {name}, which is not JSON")
@@ -362,20 +381,25 @@ def strict_json(text: str, what: str, max_objects: int) -> Any:
     objects = text.count("{")
     if objects + text.count("[") + text.count(",") + 1 > MAX_JSON_VALUES:
         raise ValueError(f"{what} holds more than MAX_JSON_VALUES={MAX_JSON_VALUES} JSON values")
+    if objects <= max_objects:  # an upper bound on the number of objects
+        encoded = text.encode("utf-8", "surrogatepass")
+        try:
+            data = from_json(encoded, allow_inf_nan=False)
+        except ValueError:
+            pass
+        else:
+            if to_json(data) == encoded:
+                return data, True
     try:
-        if objects <= max_objects:  # an upper bound on the number of objects
-            data = json.loads(text, parse_constant=constant)
-            if _canonical(data) == text:
-                return data
         data = _strict_slow(text, what, max_objects, constant)
-        _canonical(data).encode("utf-8")
+        compact_json(data)
     except RecursionError:
         raise ValueError(f"{what} is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} is not valid JSON ({e})") from None
     except UnicodeEncodeError:
         raise ValueError(f"{what} holds a lone surrogate") from None
-    return data
+    return data, False
 
 
 def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
@@ -403,7 +427,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         FormatError: for anything that is not a valid manifest of a supported version.
     """
     try:
-        data = strict_json(text, "manifest", max_objects=2 * MAX_NODES)
+        data, compact = _strict_json(text, "manifest", max_objects=2 * MAX_NODES)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from e
     if not isinstance(data, dict):
@@ -417,7 +441,11 @@ def parse_manifest(text: str, where: str) -> Manifest:
             f"(version {FORMAT_VERSION}); upgrade ckptschema"
         )
     try:
-        return Manifest.from_data(data)
+        if not compact or text.count("{") > MAX_NODES:
+            # A compact document is nested at most 200 JSON levels (100 skeleton levels,
+            # under MAX_DEPTH) and has fewer nodes than objects: only others need the walk.
+            _check_shape_of_tree(data.get("skeleton"))
+        return Manifest.model_validate(data)
     except (PydanticValidationError, ValueError, RecursionError) as e:
         raise FormatError(f"{where}: invalid manifest: {_short(e)}") from e
 
