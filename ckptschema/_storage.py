@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import re
@@ -27,14 +26,14 @@ import secrets
 import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, BinaryIO, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
 import numpy as np
 
 from ._dtypes import BY_CODE, DType
 from ._errors import FormatError, IntegrityError
 from ._limits import MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
-from ._manifest import strict_json
+from ._manifest import compact_json, strict_json
 
 __all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tensor", "write_file"]
 
@@ -42,6 +41,8 @@ MANIFEST_KEY = "ckptschema"
 _ALIGN = 64
 _HASH_IN_THREAD = 64 << 10  # tensors this large are hashed on other cores while writing
 _HASH_WORKERS = 2  # sha256 (~1.5 GB/s a core with SHA-NI) is slower than writing: two keep up
+#: What a header holds for each digest until the data is written and hashed.
+PLACEHOLDER_DIGEST = "0" * 64
 
 
 class Source(Protocol):
@@ -194,6 +195,14 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
         raise FormatError(f"{where}: __metadata__ must map strings to strings")
     entries = {key: _check_entry(key, info, where, data_start) for key, info in header.items()}
     offset = data_start
+    for entry in entries.values():  # writers lay tensors out in header order: one pass proves the tiling
+        if entry.start != offset:
+            break
+        offset = entry.end
+    else:
+        if offset - data_start == data_size:
+            return Header(entries, metadata, data_start)
+    offset = data_start
     for key, entry in sorted(entries.items(), key=lambda item: item[1].start):
         if entry.start != offset:
             gap = entry.start - offset
@@ -205,7 +214,31 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
     return Header(entries, metadata, data_start)
 
 
+_INT = frozenset({int})
+
+
 def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
+    """One header entry as an `Entry`; the checks run at C speed and `_refuse_entry` says what failed."""
+    if type(info) is dict and len(info) == 3:
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        itemsize = _ITEMSIZE.get(code) if type(code) is str else None
+        if (
+            itemsize is not None
+            and type(shape) is list
+            and len(shape) <= MAX_RANK
+            and _INT.issuperset(map(type, shape))
+            and min(shape, default=0) >= 0
+            and type(offsets) is list
+            and len(offsets) == 2
+            and _INT.issuperset(map(type, offsets))
+            and offsets[0] >= 0
+            and offsets[1] - offsets[0] == math.prod(shape) * itemsize
+        ):
+            return Entry(code, tuple(shape), offsets[0] + data_start, offsets[1] + data_start)
+    _refuse_entry(key, info, where)
+
+
+def _refuse_entry(key: str, info: Any, where: str) -> NoReturn:
     if type(info) is not dict or info.keys() != _ENTRY_KEYS:
         found = sorted(info) if isinstance(info, dict) else type(info).__name__
         raise FormatError(f"{where}: tensor {key!r} must have exactly dtype, shape, data_offsets (found {found})")
@@ -217,17 +250,13 @@ def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
         raise FormatError(f"{where}: tensor {key!r} shape {shape!r} is not a list of non-negative ints")
     if len(shape) > MAX_RANK:
         raise FormatError(f"{where}: tensor {key!r} has rank {len(shape)}, above MAX_RANK={MAX_RANK}")
-    if type(offsets) is not list or len(offsets) != 2:
+    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
         raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     start, end = offsets
-    if type(start) is not int or type(end) is not int or start < 0 or end < 0:
-        raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     nbytes = math.prod(shape) * itemsize
-    if end - start != nbytes:
-        raise FormatError(
-            f"{where}: tensor {key!r} of {code}{shape} needs {nbytes} bytes but data_offsets span {end - start}"
-        )
-    return Entry(code, tuple(shape), start + data_start, end + data_start)
+    raise FormatError(
+        f"{where}: tensor {key!r} of {code}{shape} needs {nbytes} bytes but data_offsets span {end - start}"
+    )
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
@@ -306,14 +335,14 @@ def to_numpy(value: Any, dtype: DType) -> np.ndarray:
 def entries_json(entries: Iterable[tuple[str, str, list[int], int]]) -> str:
     """The tensor part of a header for ``(key, code, shape, nbytes)`` in file order, as JSON members.
 
-    Byte for byte what ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` writes,
-    built with string joins (a 20,000-tensor header would otherwise spend most of a save
-    in 40,000 ``json.dumps`` calls); only keys that need escaping go through `json`.
+    Byte for byte what `compact_json` writes, built with string joins (a 20,000-tensor
+    header would otherwise spend most of a save in 40,000 calls to a JSON encoder); only
+    keys that need escaping go through the encoder.
     """
     members = []
     offset = 0
     for key, code, shape, nbytes in entries:
-        name = _json(key) if _NEEDS_ESCAPE.search(key) else f'"{key}"'
+        name = compact_json(key) if _NEEDS_ESCAPE.search(key) else f'"{key}"'
         dims = ",".join(map(str, shape))
         members.append(f'{name}:{{"dtype":"{code}","shape":[{dims}],"data_offsets":[{offset},{offset + nbytes}]}}')
         offset += nbytes
@@ -324,13 +353,9 @@ def entries_json(entries: Iterable[tuple[str, str, list[int], int]]) -> str:
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def header_bytes(entries: str, metadata: dict[str, str]) -> bytes:
     """The length-prefixed, space-padded safetensors header: metadata first, then `entries_json`."""
-    members = [f'"__metadata__":{_json(metadata)}'] if metadata else []
+    members = [f'"__metadata__":{compact_json(metadata)}'] if metadata else []
     if entries:
         members.append(entries)
     text = ("{" + ",".join(members) + "}").encode("utf-8")
@@ -425,7 +450,7 @@ def write_file(out: BinaryIO, header_for: Any, arrays: list[np.ndarray], hashes:
     digests (all the same length as real ones, so the header length is final), and again
     with the real digests once the data is written, which are then written in place.
     """
-    placeholder = [("0" * 64 if hashes else None) for _ in arrays]
+    placeholder = [(PLACEHOLDER_DIGEST if hashes else None) for _ in arrays]
     start = out.tell()
     first = header_for(placeholder)
     digests = write_stream(out, first, arrays, hashes)
