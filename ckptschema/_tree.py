@@ -39,6 +39,8 @@ __all__ = ["Flat", "describe", "flatten", "iter_nodes", "keypath", "rebuild", "u
 
 KeyPart = str | int
 _SCALARS = (bool, int, float, str)
+#: Classes of array leaves, tested first by exact class; others join once `isinstance` accepts them.
+_ARRAY_TYPES: set[type] = {np.ndarray, jax.ShapeDtypeStruct}
 RESERVED_KEY = "__metadata__"
 
 
@@ -54,12 +56,13 @@ def keypath(parts: tuple[KeyPart, ...]) -> str:
 
 @dataclasses.dataclass
 class Flat:
-    """A tree taken apart: its skeleton, its tensor leaves by key, and its framework."""
+    """A tree taken apart: its skeleton, its tensor leaves by key, its framework, and its
+    tensor nodes in the order of the skeleton (which is the order of the file)."""
 
     skeleton: dict[str, Any]
     leaves: dict[str, Any]
     framework: str | None
-    paths: dict[str, tuple[KeyPart, ...]]
+    tensors: list[dict[str, Any]]
 
 
 def _key_part(entry: Any) -> KeyPart:
@@ -124,14 +127,17 @@ class _Walker:
         self.template = template
         self.leaves: dict[str, Any] = {}
         self.paths: dict[str, tuple[KeyPart, ...]] = {}
+        self.tensors: list[dict[str, Any]] = []
         self.frameworks: list[str] = []
 
     def walk(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:
         if len(path) > MAX_DEPTH:
             raise CkptSchemaError(f"{keypath(path[:8])}/...: tree deeper than MAX_DEPTH={MAX_DEPTH}")
+        cls = type(x)
+        if cls in _ARRAY_TYPES and (self.template or cls is not jax.ShapeDtypeStruct):
+            return self._tensor(x, path)
         if x is None:
             return {"kind": "none"}
-        cls = type(x)
         if cls in _SCALARS:
             node = _scalar_node(x)
             if self.template:
@@ -151,25 +157,21 @@ class _Walker:
             if self.template:
                 node["_like"] = x
             return node
-        if self._is_tensor(x):
-            if _containers.is_prng_key(x):
-                return self._container(_containers.PRNG_KEY, x, path)
+        if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+            _ARRAY_TYPES.add(cls)
             return self._tensor(x, path)
         container = _containers.find(x)
         if container is not None:
             return self._container(container, x, path)
         return self._custom(x, path)
 
-    def _is_tensor(self, x: Any) -> bool:
-        if isinstance(x, (np.ndarray, np.generic, jax.Array)):
-            return True
-        return self.template and isinstance(x, jax.ShapeDtypeStruct)
-
     def _tensor(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:
         dtype = dtype_of(x.dtype)
         if dtype is None:
+            if _containers.is_prng_key(x):
+                return self._container(_containers.PRNG_KEY, x, path)
             raise CkptSchemaError(f"{keypath(path)}: dtype {x.dtype} cannot be stored")
-        key = self.separator.join(str(p) for p in path)
+        key = self.separator.join(map(str, path))
         if key in self.leaves:
             raise CkptSchemaError(
                 f"{keypath(self.paths[key])} and {keypath(path)} both map to the tensor key {key!r}; "
@@ -179,11 +181,13 @@ class _Walker:
             raise CkptSchemaError(f"{keypath(path)}: the tensor key {key!r} is reserved by safetensors")
         self.leaves[key] = x
         self.paths[key] = path
-        node: dict[str, Any] = {"kind": "tensor", "key": key, "dtype": dtype.name, "shape": [int(d) for d in x.shape]}
+        shape = x.shape
+        node: dict[str, Any] = {"kind": "tensor", "key": key, "dtype": dtype.name, "shape": list(map(int, shape))}
+        self.tensors.append(node)
         if self.template:
             node["_like"] = x
             # What jax.eval_shape makes of a Python scalar: a 0-d weak-typed leaf (bool is never weak).
-            node["_weak"] = not x.shape and (bool(getattr(x, "weak_type", False)) or dtype.name == "bool")
+            node["_weak"] = not shape and (bool(getattr(x, "weak_type", False)) or dtype.name == "bool")
         return node
 
     def _dict(self, type_name: str | None, items: list, path: tuple[KeyPart, ...], like: Any) -> dict[str, Any]:
@@ -251,7 +255,7 @@ def flatten(tree: Any, separator: str = ".", *, template: bool = False) -> Flat:
     walker = _Walker(separator, template)
     skeleton = walker.walk(tree, ())
     framework = next((f for f in walker.frameworks if f != "jax"), None)
-    return Flat(skeleton, walker.leaves, framework, walker.paths)
+    return Flat(skeleton, walker.leaves, framework, walker.tensors)
 
 
 def iter_nodes(node: dict[str, Any], path: tuple[KeyPart, ...] = ()) -> Iterator[tuple[tuple[KeyPart, ...], dict]]:

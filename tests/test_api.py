@@ -325,6 +325,15 @@ def test_digest_is_sha256_of_the_stored_bytes():
     assert digest == hashlib.sha256(array.tobytes()).hexdigest()
 
 
+def test_user_text_that_mimics_a_digest_placeholder_leaves_every_digest_true(tmp_path):
+    mimic = '"digest":"' + "0" * 64
+    tree = {"w": np.arange(3, dtype=np.float32), mimic: {"v": np.ones(2, np.int8)}, "s": mimic}
+    manifest = ckptschema.save(tmp_path / "m.safetensors", tree, metadata={"note": mimic})
+    loaded = ckptschema.load(tmp_path / "m.safetensors", verify=True)
+    assert ckptschema.read_manifest(tmp_path / "m.safetensors") == manifest
+    assert loaded["s"] == mimic and ckptschema.validate(tmp_path / "m.safetensors", deep=True).ok
+
+
 def test_saving_does_not_change_the_callers_tree(tmp_path):
     tree = {"b": [np.ones(2, np.float32)], "a": {"x": 1}}
     before = repr(tree)
