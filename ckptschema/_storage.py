@@ -278,6 +278,10 @@ def read_tensor(source: Source, entry: Entry, dtype: DType, shape: Sequence[int]
 _SMALL_TENSOR = 1 << 20
 #: Most bytes one coalesced read covers.
 _MAX_RUN = 16 << 20
+#: Loads of at least this many bytes are read by `_READ_WORKERS` threads, `_READ_CHUNK` at a time.
+_PARALLEL_READ = 32 << 20
+_READ_CHUNK = 8 << 20
+_READ_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
@@ -289,13 +293,18 @@ def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[i
     """
     wanted = list(wanted)
     arrays: list[Any] = [None] * len(wanted)
+    reads: list[tuple[int, memoryview]] = []
     run: list[int] = []
+
+    def into(start: int, end: int) -> np.ndarray:
+        buffer = aligned_empty(end - start)
+        if end > start:
+            reads.append((start, buffer.data))
+        return buffer
 
     def flush() -> None:
         start, end = wanted[run[0]][0].start, wanted[run[-1]][0].end
-        buffer = aligned_empty(end - start)
-        if end > start:
-            source.read_into(start, buffer.data)
+        buffer = into(start, end)
         for i in run:
             entry, dtype, shape = wanted[i]
             chunk = buffer[entry.start - start : entry.end - start]
@@ -305,14 +314,33 @@ def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[i
     for i in sorted(range(len(wanted)), key=lambda i: wanted[i][0].start):
         entry, dtype, shape = wanted[i]
         if entry.nbytes >= _SMALL_TENSOR:
-            arrays[i] = read_tensor(source, entry, dtype, shape)
+            arrays[i] = into(entry.start, entry.end).view(dtype.numpy).reshape(tuple(shape))
             continue
         if run and (wanted[run[-1]][0].end != entry.start or entry.end - wanted[run[0]][0].start > _MAX_RUN):
             flush()
         run.append(i)
     if run:
         flush()
+    _read_all(source, reads)
     return arrays
+
+
+def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
+    """Fill each buffer from its offset; a large load on several threads.
+
+    Most of the time of reading a warm file into fresh buffers goes to the kernel copying
+    and faulting in the destination pages; ``preadv`` releases the GIL, so threads that
+    read different chunks do that on every core.
+    """
+    if _READ_WORKERS < 2 or sum(len(buffer) for _, buffer in reads) < _PARALLEL_READ:
+        for offset, buffer in reads:
+            source.read_into(offset, buffer)
+        return
+    step = _READ_CHUNK
+    chunks = [(offset + i, buffer[i : i + step]) for offset, buffer in reads for i in range(0, len(buffer), step)]
+    with concurrent.futures.ThreadPoolExecutor(_READ_WORKERS) as pool:
+        for _ in pool.map(lambda chunk: source.read_into(*chunk), chunks):
+            pass
 
 
 def digest(array: np.ndarray) -> str:
