@@ -356,9 +356,10 @@ def strict_json(text: str, what: str, max_objects: int) -> Any:
     interpreter's recursion guard, and documents with more than `max_objects` objects or
     `MAX_JSON_VALUES` values.
 
-    The value count is bounded before parsing (with C-speed counts of ``,``, ``[`` and
-    ``{``, which can only over-count), so a small hostile document cannot expand into
-    gigabytes of Python objects. Text in the compact form ckptschema writes (`compact_json`)
+    The value count is bounded before parsing, so a small hostile document cannot expand
+    into gigabytes of Python objects: JSON text of n characters holds at most (n + 1) / 2
+    values, and longer text is bounded by C-speed counts of ``,``, ``[`` and ``{`` (which can
+    only over-count). Text in the compact form ckptschema writes (`compact_json`)
     is parsed by pydantic-core's Rust parser and proven free of duplicates by writing it
     back byte for byte: a dropped duplicate could not reappear. Anything else (other
     spacing, nesting deeper than that parser's 200 levels) takes the standard library's
@@ -372,14 +373,14 @@ def strict_json(text: str, what: str, max_objects: int) -> Any:
     return _strict_json(text, what, max_objects)[0]
 
 
-def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, bool]:
-    """`strict_json`, and whether the text was in compact form (so nested at most 200 deep)."""
+def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, int | None]:
+    """`strict_json`, and for text in compact form (nested at most 200 deep) its number of objects."""
 
     def constant(name: str) -> Any:
         raise ValueError(f"{what} holds {name}, which is not JSON")
 
     objects = text.count("{")
-    if objects + text.count("[") + text.count(",") + 1 > MAX_JSON_VALUES:
+    if len(text) >= 2 * MAX_JSON_VALUES and objects + text.count("[") + text.count(",") + 1 > MAX_JSON_VALUES:
         raise ValueError(f"{what} holds more than MAX_JSON_VALUES={MAX_JSON_VALUES} JSON values")
     if objects <= max_objects:  # an upper bound on the number of objects
         encoded = text.encode("utf-8", "surrogatepass")
@@ -389,7 +390,7 @@ def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, bool]:
             pass
         else:
             if to_json(data) == encoded:
-                return data, True
+                return data, objects
     try:
         data = _strict_slow(text, what, max_objects, constant)
         compact_json(data)
@@ -399,7 +400,7 @@ def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, bool]:
         raise ValueError(f"{what} is not valid JSON ({e})") from None
     except UnicodeEncodeError:
         raise ValueError(f"{what} holds a lone surrogate") from None
-    return data, False
+    return data, None
 
 
 def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
@@ -427,7 +428,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         FormatError: for anything that is not a valid manifest of a supported version.
     """
     try:
-        data, compact = _strict_json(text, "manifest", max_objects=2 * MAX_NODES)
+        data, compact_objects = _strict_json(text, "manifest", max_objects=2 * MAX_NODES)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from e
     if not isinstance(data, dict):
@@ -441,7 +442,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
             f"(version {FORMAT_VERSION}); upgrade ckptschema"
         )
     try:
-        if not compact or text.count("{") > MAX_NODES:
+        if compact_objects is None or compact_objects > MAX_NODES:
             # A compact document is nested at most 200 JSON levels (100 skeleton levels,
             # under MAX_DEPTH) and has fewer nodes than objects: only others need the walk.
             _check_shape_of_tree(data.get("skeleton"))
