@@ -70,6 +70,15 @@ def test_load_with_abstract_template_returns_template_structure(ckpt):
     assert_same_tree(loaded, jax.tree_util.tree_map(lambda x: x, _params()))
 
 
+def test_leaves_are_placed_like_concrete_template_leaves(tmp_path):
+    tree = {"free": jnp.ones(3), "pinned": jax.device_put(jnp.zeros(2), jax.devices()[0])}
+    ckptschema.save(tmp_path / "m.safetensors", tree)
+    loaded = ckptschema.load(tmp_path / "m.safetensors", template=tree)
+    assert (loaded["free"].committed, loaded["pinned"].committed) == (False, True)
+    assert loaded["pinned"].sharding == tree["pinned"].sharding
+    assert_same_tree(loaded, tree)
+
+
 def test_numpy_template_leaves_give_numpy_arrays(ckpt):
     template = jax.tree_util.tree_map(np.asarray, _params())
     loaded = ckptschema.load(ckpt, template=template)
