@@ -5,8 +5,8 @@ never end), the header length is checked against the file size before anything i
 allocated, the header JSON is parsed with caps and duplicate-key rejection, and every
 tensor entry is checked (known dtype, rank, byte length equal to its shape, offsets that
 tile the data section exactly). Tensor bytes are read with positioned reads into fresh,
-64-byte aligned buffers, never through mmap, so a file truncated by another writer gives
-an error instead of SIGBUS.
+64-byte aligned buffers (a large load on several threads), never through mmap, so a file
+truncated by another writer gives an error instead of SIGBUS.
 
 Writing streams each tensor from its own buffer into a temporary file in the target's
 directory, fsyncs it, renames it over the target and fsyncs the directory: a crash at any

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import ckptschema
 from ckptschema import _storage
 from ckptschema._dtypes import DTYPES
+from ckptschema._manifest import compact_json
 
 from .helpers import assert_same_array
 
 
 @given(st.lists(st.text(), unique=True, max_size=6), st.lists(st.integers(0, 5), max_size=3))
-def test_entries_json_is_exactly_what_json_dumps_writes(keys, shape):
+def test_entries_json_is_exactly_what_the_json_encoders_write(keys, shape):
     entries = [(key, "F32", shape, 4 * int(np.prod(shape))) for key in keys]
     expected, offset = {}, 0
     for key, code, dims, nbytes in entries:
         expected[key] = {"dtype": code, "shape": dims, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    assert "{" + _storage.entries_json(entries) + "}" == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    text = "{" + _storage.entries_json(entries) + "}"
+    assert text == compact_json(expected) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
 
 
 class _CountingSource(_storage.BytesSource):
@@ -55,3 +59,45 @@ def test_large_tensors_get_their_own_aligned_buffer():
     (array,) = _storage.read_tensors(source, [(header.entries["big"], DTYPES["float32"], big.shape)])
     assert array.__array_interface__["data"][0] % 64 == 0
     assert_same_array(array, big)
+
+
+class _ThreadRecordingSource(_storage.FileSource):
+    def __init__(self, path: object) -> None:
+        super().__init__(path)  # type: ignore[arg-type]
+        self.reads: list[tuple[int, int, int]] = []
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        self.reads.append((offset, len(buffer), threading.get_ident()))
+        super().read_into(offset, buffer)
+
+
+def _large_file(tmp_path: object) -> tuple[object, dict[str, np.ndarray]]:
+    tree = {"big": np.arange(10 << 20, dtype=np.float32), "small": np.ones(5, np.int8)}  # 40 MiB + 5 B
+    path = tmp_path / "large.safetensors"  # type: ignore[operator]
+    ckptschema.save(path, tree, checksum=None)
+    return path, tree
+
+
+def test_large_loads_are_read_in_chunks_on_several_threads_and_come_back_exact(tmp_path):
+    path, tree = _large_file(tmp_path)
+    source = _ThreadRecordingSource(path)
+    header = _storage.read_header(source)
+    source.reads.clear()
+    wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
+    arrays = _storage.read_tensors(source, wanted)
+    assert max(n for _, n, _ in source.reads) == _storage._READ_CHUNK
+    assert sum(n for _, n, _ in source.reads) == sum(a.nbytes for a in tree.values())
+    assert len({thread for _, _, thread in source.reads}) == min(_storage._READ_WORKERS, len(source.reads))
+    for array, expected in zip(arrays, tree.values()):
+        assert_same_array(array, expected)
+
+
+def test_file_truncated_under_a_threaded_read_is_a_format_error(tmp_path):
+    path, tree = _large_file(tmp_path)
+    source = _storage.FileSource(path)
+    header = _storage.read_header(source)
+    with open(path, "r+b") as f:
+        f.truncate(header.data_start + (20 << 20))
+    wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
+    with pytest.raises(ckptschema.FormatError, match=r"large\.safetensors: file ended at byte \d+"):
+        _storage.read_tensors(source, wanted)
