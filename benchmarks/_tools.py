@@ -1,7 +1,8 @@
 """Each tool's save and load, written the way its documentation shows.
 
 A `Tool` saves a pytree of `jax.Array`s to a path and loads it back given the abstract
-template (``jax.ShapeDtypeStruct`` leaves), for the tools that take one. Imports happen
+template (``jax.ShapeDtypeStruct`` leaves), for the tools that take one, or the tree
+itself where `concrete_template` says so. Imports happen
 in `prepare`, so a fresh process can import before it measures memory.
 """
 
@@ -25,6 +26,7 @@ class Tool:
     suffix = ".bin"
     saves = True
     floor_of: str | None = None  # floors read another tool's file (raw safetensors)
+    concrete_template = False  # loads get the source tree itself as template, not its abstract form
 
     def prepare(self) -> None:
         """Import what the tool needs (untimed)."""
@@ -44,11 +46,16 @@ class CkptSchema(Tool):
     note = "template=ShapeDtypeStructs, strict, jax out; save with sha256 + fsync"
     suffix = ".safetensors"
 
-    def __init__(self, verify: bool = False) -> None:
+    def __init__(self, verify: bool = False, concrete: bool = False) -> None:
         self.verify = verify
         if verify:
             self.name = "ckptschema verify=True"
             self.note = "as above plus sha256 of every tensor on load"
+        if concrete:
+            self.name = "ckptschema template=params"
+            self.note = "template = the jax.Array tree itself (load(path, template=params))"
+            self.concrete_template = True
+        if verify or concrete:
             self.saves = False
             self.floor_of = "ckptschema"
 
@@ -235,6 +242,7 @@ def all_tools() -> list[Tool]:
     return [
         CkptSchema(),
         CkptSchema(verify=True),
+        CkptSchema(concrete=True),
         SafetensorsNumpy(),
         SafetensorsFlax(),
         FlaxMsgpack(),

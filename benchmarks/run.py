@@ -80,7 +80,8 @@ def mem_child(tool_name: str, workload: str, path: str, quick: bool) -> None:
     """In a fresh process: peak RSS that one load adds (printed as one JSON line)."""
     tool = _tools.by_name(tool_name)
     tool.prepare()
-    template = wl.abstract_tree(wl.spec_for(workload, quick))
+    spec = wl.spec_for(workload, quick)
+    template = wl.build_tree(spec) if tool.concrete_template else wl.abstract_tree(spec)
     jax.block_until_ready(jax.device_put(np.zeros(16, np.float32)))  # backend start is not the load's
     gc.collect()
     reset = True
@@ -171,7 +172,7 @@ def run_workload(workload: str, tools: list[_tools.Tool], args: argparse.Namespa
             gc.collect()
             try:
                 t0 = time.perf_counter()
-                result = tool.load(file_for(tool, workload), template)
+                result = tool.load(file_for(tool, workload), tree if tool.concrete_template else template)
                 jax.block_until_ready(result)
                 elapsed = time.perf_counter() - t0
             except Exception as e:
@@ -479,7 +480,8 @@ def report(results: dict[str, Any], imports: dict[str, Any] | None, args: argpar
         "repetition. Times are medians (with min-max) of the timed runs; ratios compare medians of this run.",
         "- Warm page cache: each load reads a file written moments before. Loads end with "
         "`jax.block_until_ready`. The source tree holds `jax.Array`s; loads get the abstract template "
-        "(`jax.ShapeDtypeStruct` leaves) where the tool takes one.",
+        "(`jax.ShapeDtypeStruct` leaves) where the tool takes one; `ckptschema template=params` gets the "
+        "source tree itself, as in `load(path, template=params)`.",
         f"- **Load results verified bit-exact (dtype, shape, every byte, all paths), warm-up included: "
         f"{verified} loads verified, {mismatched} mismatched, {errors} errors.**",
         "- `floor: readinto` reads the raw safetensors file into one preallocated, reused buffer (`readinto`); "
