@@ -8,6 +8,7 @@ import gc
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar, cast
 
 import jax
@@ -18,7 +19,7 @@ from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._limits import MAX_HEADER_BYTES
 from ._manifest import FORMAT_VERSION, Manifest, compact_json, parse_manifest
-from ._storage import MANIFEST_KEY, Header, Source
+from ._storage import MANIFEST_KEY, Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
 from ._validate import Report, compare, scalar_kind_matches
 
@@ -462,6 +463,7 @@ def load(
     verify: bool = False,
     separator: str | None = None,
     progress: bool = False,
+    mmap: bool = False,
 ) -> Any:
     """Load a checkpoint, checked against a template when one is given.
 
@@ -483,6 +485,11 @@ def load(
             Files saved with ``checksum=None``, and plain safetensors files, have none to check.
         separator: for files without a manifest, the separator that joined their keys.
         progress: show a progress bar over the bytes read (only when stderr is a terminal).
+        mmap: give numpy template leaves as read-only views of a memory map of the file:
+            nothing is copied, and nothing is read until used. The file must then not be
+            truncated or rewritten in place while they live (the process would die of
+            SIGBUS); replacing it by rename, as `save` does, is safe. Other leaves are read
+            as usual.
 
     Returns:
         The tree.
@@ -501,7 +508,7 @@ def load(
         (2, 3)
     """
     with _opened(path) as (source, header, manifest), _tracked(source, header, "loading", progress) as tracked:
-        return _load(tracked, header, manifest, template, strict, subtree, verify, separator)
+        return _load(tracked, header, manifest, template, strict, subtree, verify, separator, mmap)
 
 
 @_gc_paused
@@ -513,7 +520,7 @@ def loads(data: bytes | bytearray | memoryview, template: Any = None, **load_kwa
         >>> ckptschema.loads(ckptschema.dumps({"a": [1, 2.5, None]}))
         {'a': [1, 2.5, None]}
     """
-    options = {"strict": True, "subtree": None, "verify": False, "separator": None, **load_kwargs}
+    options = {"strict": True, "subtree": None, "verify": False, "separator": None, "mmap": False, **load_kwargs}
     with _opened(data) as (source, header, manifest):
         return _load(source, header, manifest, template, **options)
 
@@ -527,9 +534,10 @@ def _load(
     subtree: Subtree,
     verify: bool,
     separator: str | None,
+    mmap: bool,
 ) -> Any:
     if manifest is None:
-        return _load_plain(source, header, template, strict, subtree, separator or ".")
+        return _load_plain(source, header, template, strict, subtree, separator or ".", mmap)
     node, prefix = _select(manifest, subtree, source.name)
     if template is None:
         _lookup_containers(node, source.name)
@@ -539,7 +547,8 @@ def _load(
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     _raise_or_warn(result.issues, strict, source.name)
-    arrays = _read_all(source, header, [n for n in result.pairs.values() if n["kind"] == "tensor"], verify)
+    tensors = [n for n in result.pairs.values() if n["kind"] == "tensor"]
+    arrays = _read_all(source, header, tensors, verify, _numpy_leaves(expected, result.pairs) if mmap else set())
 
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
@@ -550,10 +559,27 @@ def _load(
     return rebuild(expected, fill)
 
 
-def _read_all(source: Source, header: Header, nodes: list[dict[str, Any]], verify: bool) -> dict[int, np.ndarray]:
-    """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows."""
-    wanted = [(header.entries[n["key"]], DTYPES[n["dtype"]], n["shape"]) for n in nodes]
-    arrays = _storage.read_tensors(source, wanted)
+def _numpy_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> set[int]:
+    """The ``id`` of each file tensor that a numpy template leaf will receive."""
+    found = (pairs.get(id(t)) for _, t in iter_nodes(expected) if isinstance(t.get("_like"), np.ndarray))
+    return {id(n) for n in found if n is not None and n["kind"] == "tensor"}
+
+
+def _read_all(
+    source: Source, header: Header, nodes: list[dict[str, Any]], verify: bool, mapped: AbstractSet[int] = frozenset()
+) -> dict[int, np.ndarray]:
+    """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows;
+    those in `mapped` are views of a memory map instead."""
+
+    def wanted(some: list[dict[str, Any]]) -> list[tuple[Entry, Any, list[int]]]:
+        return [(header.entries[n["key"]], DTYPES[n["dtype"]], n["shape"]) for n in some]
+
+    viewed = [n for n in nodes if id(n) in mapped]
+    nodes = [n for n in nodes if id(n) not in mapped]
+    arrays = _storage.read_tensors(source, wanted(nodes))
+    if viewed:
+        nodes += viewed
+        arrays += _storage.map_tensors(source.map(), wanted(viewed))
     if verify:
         for n, array in zip(nodes, arrays):
             _storage.verify(array, n.get("digest"), n["key"], source.name)
@@ -642,7 +668,9 @@ def _match_plain(header: Header, template: Any, separator: str) -> tuple[dict[st
     return expected, issues, matched
 
 
-def _load_plain(source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, separator: str) -> Any:
+def _load_plain(
+    source: Source, header: Header, template: Any, strict: bool, subtree: Subtree, separator: str, mmap: bool
+) -> Any:
     if template is None:
         if subtree is not None:
             raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
@@ -655,12 +683,16 @@ def _load_plain(source: Source, header: Header, template: Any, strict: bool, sub
         }
     expected, issues, matched = _match_plain(header, template, separator)
     _raise_or_warn(issues, strict, source.name)
+    mapped = functools.cache(source.map)
 
     def fill(t: dict[str, Any]) -> Any:
         key = matched[id(t)]
         entry = header.entries[key]
         dtype = BY_CODE[entry.code]
-        array = _storage.read_tensor(source, entry, dtype, entry.shape)
+        if mmap and isinstance(t["_like"], np.ndarray):
+            (array,) = _storage.map_tensors(mapped(), [(entry, dtype, entry.shape)])
+        else:
+            array = _storage.read_tensor(source, entry, dtype, entry.shape)
         if t["kind"] == "scalar":
             return type(t["_like"])(array[()].item())
         return _place(array, dtype.name, t["_like"])

@@ -77,6 +77,9 @@ class _ReadingSource:
         self._source.read_into(offset, buffer)
         self._advance(buffer.nbytes)
 
+    def map(self) -> Any:
+        return self._source.map()
+
     def close(self) -> None:
         self._source.close()
 

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import mmap
 import os
 import re
 import secrets
@@ -53,6 +54,9 @@ class Source(Protocol):
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
         """Fill `buffer` with the bytes at `offset`, or raise `FormatError`."""
+
+    def map(self) -> Any:
+        """The whole checkpoint as a read-only buffer, without reading it (a memory map)."""
 
     def close(self) -> None:
         """Release the underlying file."""
@@ -92,6 +96,13 @@ class FileSource:
                 )
             done += n
 
+    def map(self) -> mmap.mmap:
+        """A read-only memory map of the file; it stays valid after `close`."""
+        try:
+            return mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{self.name}: cannot memory-map ({e})") from e
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -101,6 +112,7 @@ class BytesSource:
 
     def __init__(self, data: bytes | bytearray | memoryview, name: str = "<bytes>") -> None:
         self.name = name
+        self.owner = data
         self.data = memoryview(data).cast("B")
         self.size = len(self.data)
 
@@ -110,6 +122,10 @@ class BytesSource:
         if end > self.size:
             raise FormatError(f"{self.name}: data ends at byte {self.size}, expected {end}")
         view[:] = self.data[offset:end]
+
+    def map(self) -> bytes:
+        """The checkpoint's bytes as they are (a copy only if they were mutable)."""
+        return self.owner if isinstance(self.owner, bytes) else bytes(self.data)
 
     def close(self) -> None:
         self.data.release()
@@ -220,7 +236,9 @@ _INT = frozenset({int})
 def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
     """One header entry as an `Entry`; the checks run at C speed and `_refuse_entry` says what failed."""
     if type(info) is dict and len(info) == 3:
-        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        code: Any = info.get("dtype")
+        shape: Any = info.get("shape")
+        offsets: Any = info.get("data_offsets")
         itemsize = _ITEMSIZE.get(code) if type(code) is str else None
         if (
             itemsize is not None
@@ -341,6 +359,20 @@ def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
     with concurrent.futures.ThreadPoolExecutor(_READ_WORKERS) as pool:
         for _ in pool.map(lambda chunk: source.read_into(*chunk), chunks):
             pass
+
+
+def map_tensors(buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
+    """Read-only arrays that are views of a checkpoint's bytes (`Source.map`, a memory map of a file).
+
+    Nothing is read until an array is used. The file must not be truncated or rewritten in
+    place while the arrays live: the kernel would kill the process with SIGBUS when it
+    touches a page that is gone. (Replacing the file by rename, as `save` does, is safe:
+    the map keeps the old file.)
+    """
+    return [
+        np.frombuffer(buffer, np.uint8, count=entry.nbytes, offset=entry.start).view(dtype.numpy).reshape(tuple(shape))
+        for entry, dtype, shape in wanted
+    ]
 
 
 def digest(array: np.ndarray) -> str:

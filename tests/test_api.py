@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import stat
 import warnings
@@ -16,6 +17,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 import ckptschema
+from ckptschema import _storage
 
 from .helpers import assert_same_array, assert_same_tree
 
@@ -83,6 +85,58 @@ def test_numpy_template_leaves_give_numpy_arrays(ckpt):
     template = jax.tree_util.tree_map(np.asarray, _params())
     loaded = ckptschema.load(ckpt, template=template)
     assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(loaded))
+
+
+def _mapped_template() -> dict:
+    """numpy leaves for Dense_0 (memory-mapped on request), abstract ones for Dense_1."""
+    params = _params()["params"]
+    return {
+        "params": {
+            "Dense_0": jax.tree.map(np.asarray, params["Dense_0"]),
+            "Dense_1": jax.eval_shape(lambda: params["Dense_1"]),
+        }
+    }
+
+
+def test_mmap_gives_numpy_template_leaves_as_read_only_views_of_the_file(ckpt):
+    loaded = ckptschema.load(ckpt, template=_mapped_template(), mmap=True)
+    kernel = loaded["params"]["Dense_0"]["kernel"]
+    assert isinstance(kernel, np.ndarray) and not kernel.flags.writeable and not kernel.flags.owndata
+    owner = kernel
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner.obj if isinstance(owner, memoryview) else owner, mmap.mmap)
+    assert isinstance(loaded["params"]["Dense_1"]["kernel"], jax.Array)
+    assert_same_tree(jax.tree.map(np.asarray, loaded), jax.tree.map(np.asarray, _params()), same_classes=False)
+
+
+def test_mmap_views_keep_their_bytes_when_save_replaces_the_file(ckpt):
+    loaded = ckptschema.load(ckpt, template=_mapped_template(), mmap=True)
+    ckptschema.save(ckpt, jax.tree.map(lambda x: x + 1, _params()))
+    np.testing.assert_array_equal(loaded["params"]["Dense_0"]["kernel"], np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+def test_mmap_views_are_verified_like_read_tensors(ckpt):
+    source = _storage.FileSource(ckpt)
+    start = _storage.read_header(source).entries["params.Dense_0.kernel"].start
+    source.close()
+    data = bytearray(ckpt.read_bytes())
+    data[start] ^= 1
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ckptschema.IntegrityError, match=r"'params\.Dense_0\.kernel' fails its sha256 checksum"):
+        ckptschema.load(ckpt, template=_mapped_template(), mmap=True, verify=True)
+
+
+def test_mmap_of_a_plain_safetensors_file_maps_numpy_leaves(tmp_path):
+    safetensors.numpy.save_file({"w": np.arange(4, dtype=np.int16)}, tmp_path / "plain.safetensors")
+    loaded = ckptschema.load(tmp_path / "plain.safetensors", template={"w": np.zeros(4, np.int16)}, mmap=True)
+    assert loaded["w"].tolist() == [0, 1, 2, 3] and not loaded["w"].flags.writeable
+
+
+def test_loads_with_mmap_gives_views_of_the_bytes():
+    data = ckptschema.dumps({"w": np.arange(3, dtype=np.float32)})
+    loaded = ckptschema.loads(data, template={"w": np.zeros(3, np.float32)}, mmap=True)
+    assert np.shares_memory(loaded["w"], np.frombuffer(data, np.uint8)) and loaded["w"].tolist() == [0, 1, 2]
 
 
 def test_every_mismatch_is_listed_by_path_and_grouped(ckpt):
