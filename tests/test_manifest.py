@@ -8,9 +8,11 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ckptschema
-from ckptschema._manifest import Manifest, parse_manifest
+from ckptschema._manifest import Manifest, compact_json, parse_manifest, strict_json
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / f"manifest-v{ckptschema.FORMAT_VERSION}.schema.json"
 
@@ -96,6 +98,44 @@ def test_duplicate_json_keys_are_refused():
     text = '{"version": 1, "version": 1, "skeleton": {"kind": "none"}}'
     with pytest.raises(ckptschema.FormatError, match="manifest repeats the key 'version'"):
         parse_manifest(text, "m.safetensors")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=24,
+)
+
+
+def _dicts(value: object) -> list[dict]:
+    found = [value] if isinstance(value, dict) and value else []
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return found + [d for child in children for d in _dicts(child)]
+
+
+def _compact_with_repeat(value: object, target: dict, key: str) -> str:
+    """`compact_json(value)`, with `key` written twice in the dict `target`."""
+    if isinstance(value, list):
+        return "[" + ",".join(_compact_with_repeat(v, target, key) for v in value) + "]"
+    if isinstance(value, dict):
+        members = [f"{compact_json(k)}:{_compact_with_repeat(v, target, key)}" for k, v in value.items()]
+        if value is target:
+            members.append(f"{compact_json(key)}:{compact_json(value[key])}")
+        return "{" + ",".join(members) + "}"
+    return compact_json(value)
+
+
+@given(_JSON)
+def test_compact_json_parses_back_to_the_same_value(value):
+    assert strict_json(compact_json(value), "document", max_objects=10**6) == value
+
+
+@given(_JSON.filter(_dicts), st.data())
+def test_a_key_repeated_in_compact_json_is_refused_even_with_the_same_value(value, data):
+    target = data.draw(st.sampled_from(_dicts(value)))
+    key = data.draw(st.sampled_from(sorted(target)))
+    with pytest.raises(ValueError, match="document repeats the key"):
+        strict_json(_compact_with_repeat(value, target, key), "document", max_objects=10**6)
 
 
 def test_nan_in_manifest_json_is_refused():
