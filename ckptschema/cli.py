@@ -1,7 +1,8 @@
-"""The ``ckptschema`` command: inspect, schema, validate, diff and json-schema.
+"""The ``ckptschema`` command: inspect, schema, validate, diff, convert and json-schema.
 
 Every subcommand reads only headers, except ``validate --deep``, which re-hashes the
-tensors (with a progress bar when stderr is a terminal). Human output is a rich table on a
+tensors, and ``convert``, which rewrites another tool's checkpoint (both with a progress
+bar when stderr is a terminal). Human output is a rich table on a
 terminal and plain, aligned text when piped; ``--json`` output is machine-readable.
 Whatever a file holds, text from it is printed with control characters escaped, so a
 hostile key cannot drive the terminal.
@@ -25,7 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import __version__
-from ._api import load_schema, read_manifest, validate
+from ._api import load_schema, read_manifest, save, validate
+from ._convert import FORMATS, read_foreign
 from ._dtypes import DTYPES
 from ._errors import CkptSchemaError, Issue
 from ._manifest import Manifest, json_schema
@@ -445,6 +447,20 @@ def _diff(args: argparse.Namespace) -> int:
     return FAILED if found else OK
 
 
+# ------------------------------------------------------------------------------ convert
+
+
+def _convert(args: argparse.Namespace) -> int:
+    foreign = read_foreign(args.src, args.source_format)
+    manifest = save(args.dst, foreign.tree, metadata=foreign.metadata, framework=foreign.framework, progress=True)
+    tensors, params = len(manifest.tensors), manifest.num_params
+    _write(
+        f"{args.src} ({foreign.format}) -> {args.dst}: {tensors:,} tensor{'s' if tensors != 1 else ''}, "
+        f"{params:,} parameters, {_size(manifest.nbytes)}\n"
+    )
+    return OK
+
+
 # -------------------------------------------------------------------------- json-schema
 
 
@@ -497,6 +513,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A", help="a checkpoint or schema document")
     p.add_argument("b", metavar="B", help="a checkpoint or schema document")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("convert", _convert, "rewrite a checkpoint written by another tool as a ckptschema checkpoint")
+    p.add_argument("src", metavar="SRC", help="the other tool's checkpoint (a file, or an orbax directory)")
+    p.add_argument("dst", metavar="DST", help="the ckptschema checkpoint to write (atomically)")
+    p.add_argument(
+        "--from",
+        dest="source_format",
+        choices=FORMATS,
+        help="the tool that wrote SRC; by default a directory is orbax, a safetensors file is safetensors "
+        "(its keys kept as they are), anything else flax-msgpack",
+    )
 
     command("json-schema", _json_schema, "print the JSON Schema of the manifest format")
     return parser
