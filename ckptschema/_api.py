@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gc
 import os
+import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -14,7 +15,7 @@ from typing import Any, TypeVar, cast
 import jax
 import numpy as np
 
-from . import _containers, _progress, _storage
+from . import _containers, _progress, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._limits import MAX_HEADER_BYTES
@@ -85,10 +86,11 @@ class _Plan:
         }
         self.nodes = flat.tensors
         self.arrays = [_storage.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]]) for n in self.nodes]
-        self.entries = _storage.entries_json(
+        self.layout = [
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
-        )
+        ]
+        self.entries = _storage.entries_json(self.layout)
 
     def manifest(self) -> Manifest:
         """The validated manifest; a tree it cannot describe is refused here."""
@@ -152,6 +154,7 @@ def save(
     separator: str = ".",
     framework: str | None = None,
     checksum: str | None = "sha256",
+    max_shard_size: int | str | None = None,
     progress: bool = False,
 ) -> Manifest:
     """Save a pytree as a safetensors file whose header holds its manifest.
@@ -160,12 +163,17 @@ def save(
     new one. Tensors are streamed from their own buffers; nothing concatenates them.
 
     Args:
-        path: the file to write.
+        path: the file to write (with ``max_shard_size``, a directory).
         tree: any pytree of arrays, Python scalars and containers.
         metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
         framework: recorded in the manifest; detected from the tree's types if omitted.
         checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        max_shard_size: write a sharded checkpoint instead: safetensors shards of at most
+            this many bytes (an int, or a string such as ``"2GB"`` or ``"512MiB"``; a larger
+            tensor gets a shard of its own) and ``model.safetensors.index.json`` in the
+            Hugging Face layout, holding the manifest. Still atomic: the index is replaced
+            last, and shards of the previous save are removed only after it.
         progress: show a progress bar over the bytes written (only when stderr is a terminal).
 
     Returns:
@@ -182,6 +190,8 @@ def save(
         ['params.Dense_0.bias', 'params.Dense_0.kernel']
     """
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    if max_shard_size is not None:
+        return _save_sharded(path, plan, _shards.parse_size(max_shard_size), progress)
     try:
         total = sum(a.nbytes for a in plan.arrays)
         with (
@@ -205,6 +215,8 @@ def dumps(tree: Any, **save_kwargs: Any) -> bytes:
     """
     import io
 
+    if save_kwargs.get("max_shard_size") is not None:
+        raise CkptSchemaError("dumps makes one file's bytes; max_shard_size= needs save() and a directory")
     plan = _Plan(tree, **_save_options(save_kwargs))
     out = io.BytesIO()
     plan.write(out)
@@ -226,11 +238,59 @@ def manifest_of(tree: Any, **save_kwargs: Any) -> Manifest:
 
 
 def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"metadata", "separator", "framework", "checksum"}
+    """`_Plan`'s options from `save`'s keyword arguments (``max_shard_size`` checked, then dropped)."""
+    allowed = {"metadata", "separator", "framework", "checksum", "max_shard_size"}
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unexpected save option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return {"metadata": None, "separator": ".", "framework": None, "checksum": "sha256", **kwargs}
+    options = {"metadata": None, "separator": ".", "framework": None, "checksum": "sha256", **kwargs}
+    if options.pop("max_shard_size", None) is not None:
+        _shards.parse_size(kwargs["max_shard_size"])
+    return options
+
+
+def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bool) -> Manifest:
+    """Write shards under fresh names, then the index (atomically), then drop the old shards."""
+    where = os.fspath(directory)
+    if os.path.exists(where) and not os.path.isdir(where):
+        raise CkptSchemaError(f"{where}: max_shard_size= saves a directory, but this path is a file")
+    plan.set_digests([_storage.PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
+    plan.manifest()  # refuses a tree no manifest can describe before anything is written
+    index = os.path.join(where, _shards.INDEX_NAME)
+    groups = _shards.plan_shards([a.nbytes for a in plan.arrays], max_bytes)
+    token = secrets.token_hex(4)
+    names = [_shards.shard_name(number, len(groups), token) for number in range(1, len(groups) + 1)]
+    total = sum(a.nbytes for a in plan.arrays)
+    written: list[str] = []
+    try:
+        os.makedirs(where, exist_ok=True)
+        previous = _shards.own_shards_of(index) if os.path.exists(index) else set()
+        with _progress.bar(total, f"saving {_name(where)}", progress) as advance:
+            for name, group in zip(names, groups):
+                header = _storage.header_bytes(_storage.entries_json(plan.layout[i] for i in group), plan.metadata)
+                written.append(os.path.join(where, name))
+                with _storage.atomic_file(written[-1]) as out:
+                    arrays = [plan.arrays[i] for i in group]
+                    digests = _storage.write_stream(
+                        _progress.tracked_file(out, advance), header, arrays, bool(plan.checksum)
+                    )
+                for i, digest in zip(group, digests):
+                    if digest is not None:
+                        plan.nodes[i]["digest"] = digest
+        weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
+        with _storage.atomic_file(index) as out:
+            _shards.write_index(out, compact_json(plan.data), total, weight_map)
+    except BaseException as e:
+        for path in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if isinstance(e, OSError):
+            raise CkptSchemaError(f"{where}: cannot write ({e.strerror or e})") from e
+        raise
+    for stale in previous - set(names):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(where, stale))
+    return plan.manifest()
 
 
 # --------------------------------------------------------------------------------- reading
@@ -238,9 +298,18 @@ def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple[Source, Header, Manifest | None]]:
-    src = _storage.open_source(source)
+    """The checked header and manifest of a checkpoint: a file, bytes, or a sharded directory or index."""
+    src: Source
+    if _shards.is_sharded(source):
+        src, header = _shards.open_sharded(source)  # type: ignore[arg-type]
+    else:
+        src = _storage.open_source(source)
+        try:
+            header = _storage.read_header(src)
+        except BaseException:
+            src.close()
+            raise
     try:
-        header = _storage.read_header(src)
         text = header.manifest_text
         manifest = None if text is None else parse_manifest(text, src.name)
         if manifest is not None and not _agrees(manifest, header):

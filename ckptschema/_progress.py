@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["bar", "enabled", "reading", "writing"]
+__all__ = ["bar", "enabled", "reading", "tracked_file", "writing"]
 
 
 def enabled(requested: bool) -> bool:
@@ -130,6 +130,11 @@ class _WritingFile:
 
     def fileno(self) -> int:
         return self._out.fileno()
+
+
+def tracked_file(out: Any, advance: Callable[[int], None]) -> Any:
+    """`out` (a seekable binary file) advancing a `bar` by what is written; itself when no bar is shown."""
+    return out if advance is _ignore else _WritingFile(out, advance)
 
 
 @contextlib.contextmanager

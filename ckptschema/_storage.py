@@ -65,10 +65,13 @@ class Source(Protocol):
 class FileSource:
     """A local regular file read with positioned reads (``os.preadv``), never mapped."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> None:
         self.name = os.fspath(path)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        if not follow_symlinks:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.name, flags)
         except OSError as e:
             raise FormatError(f"{self.name}: cannot open ({e.strerror or e})") from e
         try:

@@ -31,6 +31,7 @@ from ._convert import FORMATS, read_foreign
 from ._dtypes import DTYPES
 from ._errors import CkptSchemaError, Issue
 from ._manifest import Manifest, json_schema
+from ._shards import is_sharded
 from ._tree import KeyPart, child_keys, describe, keypath
 from ._validate import compare
 
@@ -115,7 +116,7 @@ def _looks_like_json(path: str) -> bool:
 
 def _read_any(path: str) -> Manifest:
     """The manifest of a checkpoint, or a schema document (``ckptschema schema`` output)."""
-    return load_schema(path) if _looks_like_json(path) else read_manifest(path)
+    return load_schema(path) if not is_sharded(path) and _looks_like_json(path) else read_manifest(path)
 
 
 # ------------------------------------------------------------------------------ inspect
