@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import jax
 import numpy as np
 
-from . import _containers, _progress, _shards, _storage
+from . import _containers, _progress, _remote, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._limits import MAX_HEADER_BYTES
@@ -163,7 +163,8 @@ def save(
     new one. Tensors are streamed from their own buffers; nothing concatenates them.
 
     Args:
-        path: the file to write (with ``max_shard_size``, a directory).
+        path: the file to write, or an fsspec URL (``s3://bucket/model.safetensors``); with
+            ``max_shard_size``, a local directory.
         tree: any pytree of arrays, Python scalars and containers.
         metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
@@ -191,7 +192,11 @@ def save(
     """
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     if max_shard_size is not None:
+        if _remote.is_url(path):
+            raise CkptSchemaError(f"{path}: sharded saves (max_shard_size=) go to local directories only")
         return _save_sharded(path, plan, _shards.parse_size(max_shard_size), progress)
+    if _remote.is_url(path):
+        return _save_remote(path, plan)  # type: ignore[arg-type]
     try:
         total = sum(a.nbytes for a in plan.arrays)
         with (
@@ -247,6 +252,18 @@ def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     if options.pop("max_shard_size", None) is not None:
         _shards.parse_size(kwargs["max_shard_size"])
     return options
+
+
+def _save_remote(url: str, plan: _Plan) -> Manifest:
+    """Save to an fsspec URL: hash first, then one sequential write (stores cannot seek back)."""
+    try:
+        digests = _remote.write(url, plan.header, plan.arrays, hashes=plan.checksum is not None)
+    except CkptSchemaError:
+        raise
+    except Exception as e:  # network and permission errors of every store
+        raise CkptSchemaError(f"{url}: cannot write ({type(e).__name__}: {e})") from e
+    plan.set_digests(digests)
+    return plan.manifest()
 
 
 def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bool) -> Manifest:
@@ -543,7 +560,7 @@ def load(
     placed like its template leaf.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
         template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`
             (e.g. ``jax.eval_shape(model.init, ...)``) or Python scalars.
         strict: if False, tensors in the file that the template lacks are allowed
@@ -783,7 +800,7 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
     """Check a checkpoint without loading it; mismatches are reported, never raised.
 
     Args:
-        source: the checkpoint file (or its bytes).
+        source: the checkpoint (as for `load`), or its bytes.
         against: what to check it against: None (the file alone), a `Manifest` or the path
             of a schema document (``ckptschema schema`` output: also compares scalar values
             and checksums), or a template pytree.

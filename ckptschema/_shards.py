@@ -26,7 +26,7 @@ import stat
 from collections.abc import Sequence
 from typing import Any
 
-from . import _storage
+from . import _remote, _storage
 from ._errors import CkptSchemaError, FormatError
 from ._limits import MAX_HEADER_BYTES, MAX_TENSORS
 from ._manifest import strict_json
@@ -88,7 +88,7 @@ def shard_name(number: int, count: int, token: str) -> str:
 
 def is_sharded(path: Any) -> bool:
     """Whether `path` names a sharded checkpoint: a directory, or an index file."""
-    if not isinstance(path, (str, os.PathLike)):
+    if not isinstance(path, (str, os.PathLike)) or _remote.is_url(path):
         return False
     return os.path.isdir(path) or os.fspath(path).endswith(".index.json")
 

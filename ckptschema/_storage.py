@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
 import numpy as np
 
+from . import _remote
 from ._dtypes import BY_CODE, DType
 from ._errors import FormatError, IntegrityError
 from ._limits import MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
@@ -47,7 +48,7 @@ PLACEHOLDER_DIGEST = "0" * 64
 
 
 class Source(Protocol):
-    """Random access to the bytes of one checkpoint (a local file, bytes, later fsspec)."""
+    """Random access to the bytes of one checkpoint (a local file, an fsspec URL, bytes)."""
 
     name: str
     size: int
@@ -135,11 +136,11 @@ class BytesSource:
 
 
 def open_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Source:
-    """A `Source` for a path or an in-memory checkpoint."""
+    """A `Source` for a local path, an fsspec URL (``s3://...``) or an in-memory checkpoint."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return BytesSource(source)
-    if isinstance(source, str) and "://" in source:
-        raise FormatError(f"{source}: remote URLs (fsspec) are not supported by this version; read a local copy")
+    if _remote.is_url(source):
+        return _remote.RemoteSource(source)  # type: ignore[arg-type]
     return FileSource(source)
 
 
@@ -380,10 +381,10 @@ def map_tensors(buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]
 
 def digest(array: np.ndarray) -> str:
     """The sha256 hex digest of an array's bytes as stored."""
-    return hashlib.sha256(_as_bytes(array)).hexdigest()
+    return hashlib.sha256(as_bytes(array)).hexdigest()
 
 
-def _as_bytes(array: np.ndarray) -> memoryview:
+def as_bytes(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
@@ -436,7 +437,7 @@ def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], hashes:
     digests: list[Any] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=_HASH_WORKERS) as pool:
         for array in arrays:
-            data = _as_bytes(array)
+            data = as_bytes(array)
             if not hashes:
                 digests.append(None)
             elif len(data) >= _HASH_IN_THREAD:
