@@ -557,7 +557,9 @@ def load(
     None, namedtuples, FrozenDict, scalars) with `jax.Array` leaves. With a template,
     everything is checked before any tensor is read: structure, paths, shapes, dtypes.
     Nothing is cast or broadcast. The result has the template's own types and each leaf is
-    placed like its template leaf.
+    placed like its template leaf; a leaf sharded over several devices is read block by
+    block, each device getting the bytes of its own block only (with ``verify=True`` the
+    whole tensor is read and hashed first).
 
     Args:
         path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
@@ -633,16 +635,56 @@ def _load(
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     _raise_or_warn(result.issues, strict, source.name)
-    tensors = [n for n in result.pairs.values() if n["kind"] == "tensor"]
+    spread = {} if verify else _spread_leaves(expected, result.pairs)
+    tensors = [n for n in result.pairs.values() if n["kind"] == "tensor" and id(n) not in spread]
     arrays = _read_all(source, header, tensors, verify, _numpy_leaves(expected, result.pairs) if mmap else set())
 
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
         if found["kind"] == "scalar":
             return _scalar_like(scalar_value(found), t["_like"])
+        if id(found) in spread:
+            return _read_spread(source, header.entries[found["key"]], found, spread[id(found)])
         return _place(arrays[id(found)], found["dtype"], t["_like"])
 
     return rebuild(expected, fill)
+
+
+def _spread_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> dict[int, Any]:
+    """The sharding of each file tensor whose template leaf spreads it over several devices, by ``id``."""
+    spread = {}
+    for _, t in iter_nodes(expected):
+        like = t.get("_like")
+        sharding = None if isinstance(like, np.ndarray) else getattr(like, "sharding", None)
+        found = pairs.get(id(t))
+        if (
+            sharding is not None
+            and len(sharding.device_set) > 1
+            and found is not None
+            and found["kind"] == "tensor"
+            and jax_can_hold(found["dtype"])
+        ):
+            spread[id(found)] = sharding
+    return spread
+
+
+def _read_spread(source: Source, entry: Entry, node: dict[str, Any], sharding: Any) -> jax.Array:
+    """A tensor built shard by shard: each addressable device gets the bytes of its own block.
+
+    Each distinct block is read once (replicas share it); no device's data passes through a
+    whole host copy of the tensor.
+    """
+    dtype, shape = DTYPES[node["dtype"]], tuple(node["shape"])
+    blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+
+    def block(index: tuple[slice, ...] | None) -> np.ndarray:
+        index = index or ()
+        key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if key not in blocks:
+            blocks[key] = _storage.read_slice(source, entry, dtype, shape, index)
+        return blocks[key]
+
+    return jax.make_array_from_callback(shape, sharding, block)
 
 
 def _numpy_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> set[int]:

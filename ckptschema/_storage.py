@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import math
 import mmap
 import os
@@ -363,6 +364,44 @@ def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
     with concurrent.futures.ThreadPoolExecutor(_READ_WORKERS) as pool:
         for _ in pool.map(lambda chunk: source.read_into(*chunk), chunks):
             pass
+
+
+#: A slice read as more separate runs than this is read as the one span covering them.
+_MAX_RUNS = 256
+
+
+def read_slice(
+    source: Source, entry: Entry, dtype: DType, shape: Sequence[int], index: tuple[slice, ...]
+) -> np.ndarray:
+    """The block ``array[index]`` of a stored C-order tensor, reading only its bytes.
+
+    A block is a set of runs of contiguous elements (one run when only the first axis is
+    cut); each run is read straight into its place in a fresh aligned array. A block of
+    more than `_MAX_RUNS` runs is read as the span from its first to its last element,
+    which costs fewer calls, then copied out.
+    """
+    shape = tuple(shape)
+    bounds = [s.indices(n)[:2] for s, n in zip(index, shape)] + [(0, n) for n in shape[len(index) :]]
+    sub = tuple(max(stop - start, 0) for start, stop in bounds)
+    itemsize = dtype.numpy.itemsize
+    strides = [itemsize * math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    out = aligned_empty(math.prod(sub) * itemsize)
+    if out.nbytes:
+        cut = max((i for i, (b, n) in enumerate(zip(bounds, shape)) if b != (0, n)), default=-1)
+        outer = [range(start, stop) for start, stop in bounds[: max(cut, 0)]]
+        first = sum(start * stride for (start, _), stride in zip(bounds, strides))
+        run = out.nbytes // max(math.prod(len(r) for r in outer), 1)
+        if math.prod(len(r) for r in outer) <= _MAX_RUNS:
+            for n, position in enumerate(itertools.product(*outer)):
+                offset = sum((i - start) * stride for i, (start, _), stride in zip(position, bounds, strides))
+                source.read_into(entry.start + first + offset, out[n * run : (n + 1) * run].data)
+        else:
+            last = sum((stop - 1) * stride for (_, stop), stride in zip(bounds, strides)) + itemsize
+            span = aligned_empty(last - first)
+            source.read_into(entry.start + first, span.data)
+            block = np.lib.stride_tricks.as_strided(span.view(dtype.numpy), sub, strides)
+            out.view(dtype.numpy).reshape(sub)[...] = block
+    return out.view(dtype.numpy).reshape(sub)
 
 
 def map_tensors(buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
