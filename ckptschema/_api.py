@@ -90,7 +90,11 @@ class _Plan:
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
         ]
-        self.entries = _storage.entries_json(self.layout)
+
+    @functools.cached_property
+    def entries(self) -> str:
+        """The tensor part of a single-file header (`_storage.entries_json`); shards make their own."""
+        return _storage.entries_json(self.layout)
 
     def manifest(self) -> Manifest:
         """The validated manifest; a tree it cannot describe is refused here."""

@@ -177,8 +177,7 @@ def _read_flax_msgpack(src: str) -> Any:
         ) from e
     source = _storage.open_source(src)  # refuses what is not a regular file
     try:
-        data = bytearray(source.size)
-        source.read_into(0, memoryview(data))
+        data = _storage.read_whole(source)
     finally:
         source.close()
     try:

@@ -137,18 +137,11 @@ class ShardedSource:
 
 
 def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    source = FileSource(where)  # refuses what is not a regular file
     try:
-        st = os.stat(where)
-    except OSError as e:
-        raise FormatError(f"{where}: cannot open ({e.strerror or e})") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError(f"{where}: not a regular file; an index is read from a regular file only")
-    if st.st_size > MAX_HEADER_BYTES:
-        raise FormatError(f"{where}: index of {st.st_size} bytes exceeds MAX_HEADER_BYTES={MAX_HEADER_BYTES}")
-    source = FileSource(where)
-    try:
-        raw = bytearray(source.size)
-        source.read_into(0, memoryview(raw))
+        if source.size > MAX_HEADER_BYTES:
+            raise FormatError(f"{where}: index of {source.size} bytes exceeds MAX_HEADER_BYTES={MAX_HEADER_BYTES}")
+        raw = _storage.read_whole(source)
     finally:
         source.close()
     try:

@@ -289,6 +289,13 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
+def read_whole(source: Source) -> bytearray:
+    """All of a source's bytes (for small files read whole: an index, a msgpack checkpoint)."""
+    data = bytearray(source.size)
+    source.read_into(0, memoryview(data))
+    return data
+
+
 def read_tensor(source: Source, entry: Entry, dtype: DType, shape: Sequence[int]) -> np.ndarray:
     """Read one tensor's bytes into a fresh aligned numpy array of its true dtype and shape."""
     buffer = aligned_empty(entry.nbytes)
