@@ -85,7 +85,7 @@ class _Plan:
             "skeleton": flat.skeleton,
         }
         self.nodes = flat.tensors
-        self.arrays = [_storage.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]]) for n in self.nodes]
+        self.arrays = [_storage.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]], n["key"]) for n in self.nodes]
         self.layout = [
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
@@ -271,7 +271,12 @@ def _save_remote(url: str, plan: _Plan) -> Manifest:
 
 
 def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bool) -> Manifest:
-    """Write shards under fresh names, then the index (atomically), then drop the old shards."""
+    """Write shards under fresh names, then the index (atomically), then drop the old shards.
+
+    What killed saves left in the directory goes first (`_shards.remove_leftovers`); this
+    save holds the lock of its first shard until its index is in place, so no other save
+    takes its shards for leftovers.
+    """
     where = os.fspath(directory)
     if os.path.exists(where) and not os.path.isdir(where):
         raise CkptSchemaError(f"{where}: max_shard_size= saves a directory, but this path is a file")
@@ -279,38 +284,42 @@ def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bo
     plan.manifest()  # refuses a tree no manifest can describe before anything is written
     index = os.path.join(where, _shards.INDEX_NAME)
     groups = _shards.plan_shards([a.nbytes for a in plan.arrays], max_bytes)
-    token = secrets.token_hex(4)
-    names = [_shards.shard_name(number, len(groups), token) for number in range(1, len(groups) + 1)]
     total = sum(a.nbytes for a in plan.arrays)
     written: list[str] = []
-    try:
-        os.makedirs(where, exist_ok=True)
-        previous = _shards.own_shards_of(index) if os.path.exists(index) else set()
-        with _progress.bar(total, f"saving {_name(where)}", progress) as advance:
-            for name, group in zip(names, groups):
-                header = _storage.header_bytes(_storage.entries_json(plan.layout[i] for i in group), plan.metadata)
-                written.append(os.path.join(where, name))
-                with _storage.atomic_file(written[-1]) as out:
-                    arrays = [plan.arrays[i] for i in group]
-                    digests = _storage.write_stream(
-                        _progress.tracked_file(out, advance), header, arrays, bool(plan.checksum)
-                    )
-                for i, digest in zip(group, digests):
-                    if digest is not None:
-                        plan.nodes[i]["digest"] = digest
-        weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
-        with _storage.atomic_file(index) as out:
-            _shards.write_index(out, compact_json(plan.data), total, weight_map)
-    except BaseException as e:
-        for path in written:
+    with contextlib.ExitStack() as held:
+        try:
+            os.makedirs(where, exist_ok=True)
+            _shards.remove_leftovers(where)
+            previous = _shards.own_shards_of(index)
+            token = _shards.new_token(where)
+            names = [_shards.shard_name(number, len(groups), token) for number in range(1, len(groups) + 1)]
+            with _progress.bar(total, f"saving {_name(where)}", progress) as advance:
+                for name, group in zip(names, groups):
+                    header = _storage.header_bytes(_storage.entries_json(plan.layout[i] for i in group), plan.metadata)
+                    written.append(os.path.join(where, name))
+                    with _storage.atomic_file(written[-1]) as out:
+                        if len(written) == 1:
+                            held.callback(os.close, os.dup(out.fileno()))  # the lock, until the index is in place
+                        arrays = [plan.arrays[i] for i in group]
+                        digests = _storage.write_stream(
+                            _progress.tracked_file(out, advance), header, arrays, bool(plan.checksum)
+                        )
+                    for i, digest in zip(group, digests):
+                        if digest is not None:
+                            plan.nodes[i]["digest"] = digest
+            weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
+            with _storage.atomic_file(index) as out:
+                _shards.write_index(out, compact_json(plan.data), total, weight_map)
+        except BaseException as e:
+            for path in reversed(written):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            if isinstance(e, OSError):
+                raise CkptSchemaError(f"{where}: cannot write ({e.strerror or e})") from e
+            raise
+        for stale in previous - set(names):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        if isinstance(e, OSError):
-            raise CkptSchemaError(f"{where}: cannot write ({e.strerror or e})") from e
-        raise
-    for stale in previous - set(names):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(where, stale))
+                os.unlink(os.path.join(where, stale))
     return plan.manifest()
 
 
@@ -711,7 +720,7 @@ def _read_all(
     arrays = _storage.read_tensors(source, wanted(nodes))
     if viewed:
         nodes += viewed
-        arrays += _storage.map_tensors(source.map(), wanted(viewed))
+        arrays += _storage.map_tensors(source, source.map(), wanted(viewed))
     if verify:
         for n, array in zip(nodes, arrays):
             _storage.verify(array, n.get("digest"), n["key"], source.name)
@@ -822,7 +831,7 @@ def _load_plain(
         entry = header.entries[key]
         dtype = BY_CODE[entry.code]
         if mmap and isinstance(t["_like"], np.ndarray):
-            (array,) = _storage.map_tensors(mapped(), [(entry, dtype, entry.shape)])
+            (array,) = _storage.map_tensors(source, mapped(), [(entry, dtype, entry.shape)])
         else:
             array = _storage.read_tensor(source, entry, dtype, entry.shape)
         if t["kind"] == "scalar":

@@ -32,6 +32,14 @@ class DType:
         """True when the safetensors header calls it ``U8`` and the manifest has the truth."""
         return self.code == "U8" and self.name != "uint8"
 
+    @property
+    def bits(self) -> int | None:
+        """How many low bits of each byte hold a value, for dtypes of less than 8 bits (else None).
+
+        Such dtypes keep one value per byte; the bits above must be zero in memory and in files.
+        """
+        return _VALUE_BITS.get(self.name)
+
     def header_shape(self, shape: Sequence[int]) -> list[int]:
         """The shape the safetensors header records for a tensor of this dtype."""
         if self.stored_as_bytes and self.numpy.itemsize > 1:
@@ -74,6 +82,16 @@ _AS_BYTES = (
     "uint2",
 )
 
+#: Value bits of the dtypes narrower than a byte (ml_dtypes stores each in the low bits of a byte).
+_VALUE_BITS = {
+    "float4_e2m1fn": 4,
+    "float6_e2m3fn": 6,
+    "float6_e3m2fn": 6,
+    "int4": 4,
+    "uint4": 4,
+    "int2": 2,
+    "uint2": 2,
+}
 
 #: Every dtype name of the file format, whether or not this installation's ml_dtypes has it.
 ALL_DTYPE_NAMES = (*_NATIVE, *_AS_BYTES)

@@ -32,3 +32,8 @@ MAX_RANK = 64
 
 #: Most fields of one namedtuple or keys of one dict node.
 MAX_FIELDS = 100_000
+
+#: Most elements a tensor's shape may describe, its zero dimensions left out: bounds every
+#: dimension, and the shape of a zero-size tensor such as ``[0, 2**62, 2**62]`` (no bytes,
+#: but no array of that shape can be built). 2**48 elements are 256 TiB of bytes.
+MAX_ELEMENTS = 2**48

@@ -19,11 +19,15 @@ shard may hold a tensor the index does not list.
 from __future__ import annotations
 
 import bisect
+import collections
+import contextlib
 import json
 import os
 import re
+import secrets
 import stat
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import _remote, _storage
@@ -86,6 +90,14 @@ def shard_name(number: int, count: int, token: str) -> str:
     return f"model-{number:05d}-of-{count:05d}-{token}.safetensors"
 
 
+def new_token(directory: str) -> str:
+    """A shard token no file in `directory` has (a new one on every save)."""
+    taken = {match.group(3) for match in map(_OWN_SHARD.fullmatch, os.listdir(directory)) if match}
+    while (token := secrets.token_hex(4)) in taken:  # pragma: no cover - one chance in 2**32 a shard
+        pass
+    return token
+
+
 def is_sharded(path: Any) -> bool:
     """Whether `path` names a sharded checkpoint: a directory, or an index file."""
     if not isinstance(path, (str, os.PathLike)) or _remote.is_url(path):
@@ -107,33 +119,84 @@ def index_path(path: str | os.PathLike[str]) -> str:
     return os.path.join(where, found[0])
 
 
-class ShardedSource:
-    """The shards read as one address space: shard ``i`` at ``[base[i], base[i] + size[i])``."""
+#: Most shard files a sharded load holds open at once (SPEC §5: a small constant).
+MAX_OPEN_SHARDS = 8
 
-    def __init__(self, name: str, shards: list[FileSource]) -> None:
+
+class ShardedSource:
+    """The shards read as one address space: shard ``i`` at ``[base[i], base[i] + size[i])``.
+
+    Shards are opened when read and closed again, at most `MAX_OPEN_SHARDS` at a time
+    (the least recently used is closed first), so a checkpoint of thousands of shards
+    loads within any open-file limit. Each open refuses what is not a regular file and
+    follows no link; a shard opened again must be the very file first opened (same
+    device, inode, size and modification time), else it was replaced or changed during
+    the load and the read fails.
+    """
+
+    def __init__(self, name: str, paths: list[str]) -> None:
         self.name = name
-        self.shards = shards
-        self.bases = []
-        total = 0
-        for shard in shards:
-            self.bases.append(total)
-            total += shard.size
-        self.size = total
+        self.paths = paths
+        self.bases: list[int] = []
+        self.size = 0
+        self._identity: list[tuple[int, ...]] = []
+        self._open: collections.OrderedDict[int, FileSource] = collections.OrderedDict()
+        self._users = [0] * len(paths)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def shard(self, i: int) -> Iterator[FileSource]:
+        """Shard `i`, open while the block runs; the first call for each shard must come in order."""
+        with self._lock:
+            source = self._open.pop(i, None)
+            if source is None:
+                source = self._reopen(i)
+            self._open[i] = source
+            self._users[i] += 1
+        try:
+            yield source
+        finally:
+            with self._lock:
+                self._users[i] -= 1
+                self._close_unused(MAX_OPEN_SHARDS)
+
+    def _reopen(self, i: int) -> FileSource:
+        source = _open_shard(self.paths[i])
+        if i == len(self._identity):
+            self._identity.append(source.identity)
+            self.bases.append(self.size)
+            self.size += source.size
+        elif source.identity != self._identity[i]:
+            source.close()
+            raise FormatError(
+                f"{self.paths[i]}: the shard was replaced or changed while being loaded; load again once "
+                f"no other process writes the checkpoint"
+            )
+        return source
+
+    def _close_unused(self, keep: int) -> None:
+        for i in [i for i in self._open if self._users[i] == 0][: max(len(self._open) - keep, 0)]:
+            self._open.pop(i).close()
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        """The shard file holding byte `offset` of the address space, and the offset in it."""
+        i = bisect.bisect_right(self.bases, offset) - 1
+        return self.paths[i], offset - self.bases[i]
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
         i = bisect.bisect_right(self.bases, offset) - 1
-        shard = self.shards[i]
         start = offset - self.bases[i]
-        if start + buffer.nbytes > shard.size:  # pragma: no cover - entries are checked to lie within their shard
-            raise FormatError(f"{shard.name}: a read runs past the end of the shard")
-        shard.read_into(start, buffer)
+        with self.shard(i) as shard:
+            if start + buffer.nbytes > shard.size:  # pragma: no cover - entries are checked to lie within their shard
+                raise FormatError(f"{shard.name}: a read runs past the end of the shard")
+            shard.read_into(start, buffer)
 
     def map(self) -> Any:
         raise CkptSchemaError(f"{self.name}: mmap=True is not supported for sharded checkpoints")
 
     def close(self) -> None:
-        for shard in self.shards:
-            shard.close()
+        with self._lock:
+            self._close_unused(0)
 
 
 def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -183,28 +246,26 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
     metadata, weight_map = _read_index(where)
     directory = os.path.dirname(os.path.abspath(where))
     names = list(dict.fromkeys(weight_map.values()))
-    shards: list[FileSource] = []
+    source = ShardedSource(where, [os.path.join(directory, name) for name in names])
     try:
-        for name in names:
-            shards.append(_open_shard(os.path.join(directory, name)))
-        source = ShardedSource(where, shards)
         entries: dict[str, Entry] = {}
-        for name, shard, base in zip(names, shards, source.bases):
-            header = _storage.read_header(shard)
+        for i, name in enumerate(names):
+            with source.shard(i) as shard:
+                header = _storage.read_header(shard)
             if MANIFEST_KEY in header.metadata:
                 raise FormatError(f"{shard.name}: a shard must not hold a manifest of its own")
+            base = source.bases[i]
             for key, entry in header.entries.items():
                 listed = weight_map.get(key)
                 if listed != name:
                     place = f"in shard {listed!r}" if listed is not None else "nowhere"
                     raise FormatError(f"{shard.name}: holds tensor {key!r}, which the index places {place}")
-                entries[key] = Entry(entry.code, entry.shape, entry.start + base, entry.end + base)
+                entries[key] = entry._replace(start=entry.start + base, end=entry.end + base)
         missing = [key for key in weight_map if key not in entries]
         if missing:
             raise FormatError(f"{where}: tensor {missing[0]!r} is not in its shard {weight_map[missing[0]]!r}")
     except BaseException:
-        for shard in shards:
-            shard.close()
+        source.close()
         raise
     text = metadata.get(MANIFEST_KEY)
     if text is not None and not isinstance(text, str):
@@ -229,8 +290,10 @@ def write_index(out: Any, manifest_text: str, total_size: int, weight_map: dict[
     out.write((json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-#: The names `save` gives shards; only files named so are ever removed.
-_OWN_SHARD = re.compile(r"model-\d{5}-of-\d{5}-[0-9a-f]{8}\.safetensors")
+#: The names `save` gives shards (number, count, token); only files named so are ever removed.
+_OWN_SHARD = re.compile(r"model-(\d{5})-of-(\d{5})-([0-9a-f]{8})\.safetensors")
+#: The temporary names of shards and of the index while a save writes them.
+_OWN_TEMP = re.compile(r"\.(?:model-\d{5}-of-\d{5}-[0-9a-f]{8}\.safetensors|model\.safetensors\.index\.json)\.[0-9a-f]{12}\.tmp")
 
 
 def own_shards_of(index: str) -> set[str]:
@@ -244,3 +307,52 @@ def own_shards_of(index: str) -> set[str]:
     except FormatError:
         return set()
     return {name for name in names if _OWN_SHARD.fullmatch(name)}
+
+
+def remove_leftovers(directory: str) -> None:
+    """Remove what killed saves left in a sharded checkpoint's directory; never a running save's files.
+
+    Temporary files stay locked by their writer (`_storage.atomic_file`), and a running save
+    holds the lock of its first shard until its index is in place: the temporary files that
+    can be locked, and the shards that no index names whose first shard can be locked (or
+    is gone), are leftovers. Shards are removed last to first, so a removal cut short
+    leaves a group that is still recognised. Only names a save gives are ever touched, and
+    no shard at all while an index exists that cannot be read.
+    """
+    index = os.path.join(directory, INDEX_NAME)
+    groups: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
+    for name in os.listdir(directory):
+        if _OWN_TEMP.fullmatch(name):
+            _storage.remove_if_stale(os.path.join(directory, name))
+        elif match := _OWN_SHARD.fullmatch(name):
+            groups[match.group(3)].append((int(match.group(1)), name))
+    named = _named_by(index)
+    for shards in groups.values():
+        if named is None or any(name in named for _, name in shards):
+            continue
+        shards.sort(reverse=True)
+        fd = _storage.lock_if_unused(os.path.join(directory, shards[-1][1])) if shards[-1][0] == 1 else None
+        if shards[-1][0] == 1 and fd is None:
+            continue  # a save still running
+        try:
+            named = _named_by(index)
+            if named is None or any(name in named for _, name in shards):  # its save finished meanwhile
+                continue
+            for _, name in shards:
+                path = os.path.join(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.unlink(path)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _named_by(index: str) -> set[str] | None:
+    """The shards the index names: none if there is no index, None if it cannot be read."""
+    if not os.path.lexists(index):
+        return set()
+    try:
+        return set(_read_index(index)[1].values())
+    except FormatError:
+        return None

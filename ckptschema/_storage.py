@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import math
@@ -27,6 +28,7 @@ import re
 import secrets
 import stat
 import struct
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
@@ -34,8 +36,8 @@ import numpy as np
 
 from . import _remote
 from ._dtypes import BY_CODE, DType
-from ._errors import FormatError, IntegrityError
-from ._limits import MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
+from ._errors import CkptSchemaError, FormatError, IntegrityError
+from ._limits import MAX_ELEMENTS, MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
 from ._manifest import compact_json, strict_json
 
 __all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tensor", "write_file"]
@@ -85,6 +87,8 @@ class FileSource:
             raise
         self.fd = fd
         self.size = st.st_size
+        #: What identifies the file opened: a later open of the same path must find the same.
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
         view = buffer.cast("B") if buffer.format != "B" else buffer
@@ -146,12 +150,13 @@ def open_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview)
 
 
 class Entry(NamedTuple):
-    """One tensor of a safetensors header: its code, shape and absolute byte range."""
+    """One tensor of a safetensors header: its code, shape, absolute byte range and key."""
 
     code: str
     shape: tuple[int, ...]
     start: int
     end: int
+    key: str
 
     @property
     def nbytes(self) -> int:
@@ -204,6 +209,8 @@ def read_header(source: Source) -> Header:
     try:
         header = strict_json(text.rstrip(" "), "header", max_objects=MAX_TENSORS + 2)
     except ValueError as e:
+        if str(e) == f"header holds more than {MAX_TENSORS + 2} objects":  # only a header of too many tensors can
+            raise FormatError(f"{where}: header lists more than MAX_TENSORS={MAX_TENSORS} tensors") from e
         raise FormatError(f"{where}: {e}") from e
     return _check_header(header, where, data_start=8 + length, data_size=source.size - 8 - length)
 
@@ -214,6 +221,8 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{where}: __metadata__ must map strings to strings")
+    if len(header) > MAX_TENSORS:
+        raise FormatError(f"{where}: header lists {len(header)} tensors, above MAX_TENSORS={MAX_TENSORS}")
     entries = {key: _check_entry(key, info, where, data_start) for key, info in header.items()}
     offset = data_start
     for entry in entries.values():  # writers lay tensors out in header order: one pass proves the tiling
@@ -251,13 +260,14 @@ def _check_entry(key: str, info: Any, where: str, data_start: int) -> Entry:
             and len(shape) <= MAX_RANK
             and _INT.issuperset(map(type, shape))
             and min(shape, default=0) >= 0
+            and math.prod(filter(None, shape)) <= MAX_ELEMENTS
             and type(offsets) is list
             and len(offsets) == 2
             and _INT.issuperset(map(type, offsets))
             and offsets[0] >= 0
             and offsets[1] - offsets[0] == math.prod(shape) * itemsize
         ):
-            return Entry(code, tuple(shape), offsets[0] + data_start, offsets[1] + data_start)
+            return Entry(code, tuple(shape), offsets[0] + data_start, offsets[1] + data_start, key)
     _refuse_entry(key, info, where)
 
 
@@ -273,6 +283,11 @@ def _refuse_entry(key: str, info: Any, where: str) -> NoReturn:
         raise FormatError(f"{where}: tensor {key!r} shape {shape!r} is not a list of non-negative ints")
     if len(shape) > MAX_RANK:
         raise FormatError(f"{where}: tensor {key!r} has rank {len(shape)}, above MAX_RANK={MAX_RANK}")
+    if math.prod(filter(None, shape)) > MAX_ELEMENTS:
+        raise FormatError(
+            f"{where}: tensor {key!r} shape {shape!r} describes more than MAX_ELEMENTS={MAX_ELEMENTS} elements "
+            f"(zero dimensions left out)"
+        )
     if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets):
         raise FormatError(f"{where}: tensor {key!r} data_offsets {offsets!r} is not two non-negative ints")
     start, end = offsets
@@ -301,6 +316,7 @@ def read_tensor(source: Source, entry: Entry, dtype: DType, shape: Sequence[int]
     buffer = aligned_empty(entry.nbytes)
     if entry.nbytes:
         source.read_into(entry.start, buffer.data)
+    check_bits(source, entry, dtype, buffer)
     return buffer.view(dtype.numpy).reshape(tuple(shape))
 
 
@@ -352,6 +368,8 @@ def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[i
     if run:
         flush()
     _read_all(source, reads)
+    for (entry, dtype, _), array in zip(wanted, arrays):
+        check_bits(source, entry, dtype, array)
     return arrays
 
 
@@ -408,21 +426,54 @@ def read_slice(
             source.read_into(entry.start + first, span.data)
             block = np.lib.stride_tricks.as_strided(span.view(dtype.numpy), sub, strides)
             out.view(dtype.numpy).reshape(sub)[...] = block
+    if dtype.bits is not None and (out >> dtype.bits).any():
+        bad = np.unravel_index(int(np.argmax(out >> dtype.bits)), sub)
+        flat = int(np.ravel_multi_index(tuple(i + start for i, (start, _) in zip(bad, bounds)), shape))
+        _refuse_bits(source, entry, dtype, flat)
     return out.view(dtype.numpy).reshape(sub)
 
 
-def map_tensors(buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
+def map_tensors(source: Source, buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
     """Read-only arrays that are views of a checkpoint's bytes (`Source.map`, a memory map of a file).
 
-    Nothing is read until an array is used. The file must not be truncated or rewritten in
+    Nothing is read until an array is used, except the bytes of dtypes narrower than a byte,
+    which are checked (`check_bits`). The file must not be truncated or rewritten in
     place while the arrays live: the kernel would kill the process with SIGBUS when it
     touches a page that is gone. (Replacing the file by rename, as `save` does, is safe:
     the map keeps the old file.)
     """
-    return [
-        np.frombuffer(buffer, np.uint8, count=entry.nbytes, offset=entry.start).view(dtype.numpy).reshape(tuple(shape))
-        for entry, dtype, shape in wanted
-    ]
+    arrays = []
+    for entry, dtype, shape in wanted:
+        raw = np.frombuffer(buffer, np.uint8, count=entry.nbytes, offset=entry.start)
+        check_bits(source, entry, dtype, raw)
+        arrays.append(raw.view(dtype.numpy).reshape(tuple(shape)))
+    return arrays
+
+
+def check_bits(source: Source, entry: Entry, dtype: DType, array: np.ndarray) -> None:
+    """Refuse the bytes of a dtype narrower than a byte that have bits set above its width.
+
+    ml_dtypes keeps such a value in the low bits of a byte; what the bits above would mean
+    differs by dtype (masked by some, read as another value by others), so one rule holds
+    for every dtype and path: they must be zero.
+    """
+    if dtype.bits is not None:
+        high = array.reshape(-1).view(np.uint8) >> dtype.bits
+        if high.any():
+            _refuse_bits(source, entry, dtype, int(np.argmax(high)))
+
+
+def _refuse_bits(source: Source, entry: Entry, dtype: DType, index: int) -> NoReturn:
+    """Raise for the element `index` of `entry`, naming the file and file byte it is at."""
+    offset = entry.start + index
+    locate = getattr(source, "locate", None)
+    name, offset = locate(offset) if locate is not None else (source.name, offset)
+    bits = dtype.bits
+    raise FormatError(
+        f"{name}: tensor {entry.key!r} ({dtype.name}) has bits set above its {bits} value bits at file byte "
+        f"{offset}; a {dtype.name} value fills the low {bits} bits of its byte and the rest must be zero "
+        f"(the file is corrupt)"
+    )
 
 
 def digest(array: np.ndarray) -> str:
@@ -434,12 +485,29 @@ def as_bytes(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
-def to_numpy(value: Any, dtype: DType) -> np.ndarray:
-    """A little-endian, C-contiguous numpy view (or copy, when needed) of an array leaf."""
+def to_numpy(value: Any, dtype: DType, key: str) -> np.ndarray:
+    """A little-endian, C-contiguous numpy view (or copy, when needed) of the array leaf `key`.
+
+    Raises:
+        CkptSchemaError: for an array of a dtype narrower than a byte whose bytes have bits
+            set above its width (``.view`` of other bytes makes such arrays); a load would
+            refuse them.
+    """
     array = np.asarray(value)
     if array.dtype != dtype.numpy:
         array = array.astype(dtype.numpy)
-    return np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array)
+    if dtype.bits is not None:
+        high = array.reshape(-1).view(np.uint8) >> dtype.bits
+        if high.any():
+            index = int(np.argmax(high))
+            mask = (1 << dtype.bits) - 1
+            raise CkptSchemaError(
+                f"tensor {key!r} ({dtype.name}) has bits set above its {dtype.bits} value bits in byte {index}; "
+                f"a {dtype.name} value must fill only the low {dtype.bits} bits of its byte: clear the rest with "
+                f"`(x.view(np.uint8) & {mask:#x}).view(x.dtype)` or build the array from values"
+            )
+    return array
 
 
 def entries_json(entries: Iterable[tuple[str, str, list[int], int]]) -> str:
@@ -498,17 +566,24 @@ def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], hashes:
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
 
+    The temporary file is locked (`fcntl.flock`) from its creation until it is renamed, so
+    stale ones, left by a save that was killed, can be told from those of a save still
+    running: before creating its own, a save removes the stale ones of the same target
+    (`remove_stale_temps`). The lock is on the open file, so a caller that keeps a
+    duplicate of ``f.fileno()`` holds it on the renamed file until that closes.
+
     On any failure the temporary file is removed and `path` is untouched.
     """
     target = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(target)
+    remove_stale_temps(target)
     fd, tmp = _create_beside(target)
     try:
         with os.fdopen(fd, "w+b", buffering=1 << 20) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+            os.replace(tmp, target)  # still locked: no other save may take it for a leftover
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -516,26 +591,119 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     _fsync_directory(directory)
 
 
+#: Hex digits of the token that makes each temporary name unique.
+_TOKEN_HEX = 12
+#: A temporary name adds ``.`` before and ``.<token>.tmp`` after the visible part of the target's.
+_TEMP_EXTRA = len(".") + len(".") + _TOKEN_HEX + len(".tmp")
+#: An empty temporary file younger than this may belong to a save that has created it but
+#: not yet locked it, so it is never taken for a leftover.
+_FRESH_SECONDS = 60.0
+
+
+def _visible(target: str) -> str:
+    """The part of `target`'s file name that its temporary names show.
+
+    The whole name when the temporary name fits the directory's name length limit
+    (``NAME_MAX``, 255 bytes on most file systems), else the longest prefix (whole
+    characters) that does.
+    """
+    directory, name = os.path.split(target)
+    try:
+        name_max = os.pathconf(directory or ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    raw = os.fsencode(name)
+    room = max(name_max - _TEMP_EXTRA, 1)
+    if len(raw) <= room:
+        return name
+    return os.fsdecode(raw[:room].decode("utf-8", "ignore").encode("utf-8"))
+
+
+def temp_names(target: str) -> re.Pattern[str]:
+    """The pattern of the temporary names `atomic_file` gives files written to `target`."""
+    return re.compile(rf"\.{re.escape(_visible(target))}\.[0-9a-f]{{{_TOKEN_HEX}}}\.tmp")
+
+
+def remove_stale_temps(target: str) -> None:
+    """Remove the temporary files of earlier saves to `target` that no running save holds."""
+    directory = os.path.dirname(target)
+    pattern = temp_names(target)
+    try:
+        names = [name for name in os.listdir(directory) if pattern.fullmatch(name)]
+    except OSError:
+        return
+    for name in names:
+        remove_if_stale(os.path.join(directory, name))
+
+
+def lock_if_unused(path: str) -> int | None:
+    """An open descriptor of the regular file `path`, holding its `fcntl.flock`, or None.
+
+    None when a running save holds the lock (or the file is gone, or is not a regular
+    file: a link is never followed).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def remove_if_stale(path: str) -> bool:
+    """Remove a file a save wrote if no running save holds its lock; whether it was removed."""
+    fd = lock_if_unused(path)
+    if fd is None:
+        return False
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0 and time.time() - st.st_mtime < _FRESH_SECONDS:
+            return False
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _create_beside(target: str) -> tuple[int, str]:
-    """A new temporary file in `target`'s directory with the permissions a plain save would get.
+    """A new, locked temporary file in `target`'s directory with the permissions a plain save would get.
 
     Mode 0o666 lets the umask apply, as for any new file (``tempfile.mkstemp`` would give
     0o600); a save over an existing file keeps that file's mode.
     """
-    directory, name = os.path.split(target)
+    directory = os.path.dirname(target)
+    visible = _visible(target)
     try:
         mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         mode = None
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, f".{visible}.{secrets.token_hex(_TOKEN_HEX // 2)}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
-        if mode is not None:
-            os.fchmod(fd, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if mode is not None:
+                os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
         return fd, tmp
     raise FileExistsError(f"no free temporary name beside {target}")
 

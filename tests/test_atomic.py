@@ -105,3 +105,57 @@ def test_save_over_an_existing_file_leaves_no_temp_file(tmp_path: Path) -> None:
     ckptschema.save(path, {"w": np.zeros(4, np.float32)})
     assert os.listdir(tmp_path) == [path.name]
     assert ckptschema.load(path, verify=True)["w"].tolist() == [0, 0, 0, 0]
+
+
+def _wait_for(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def _start_save(path: Path) -> subprocess.Popen:
+    """A child running a real 64 MB save to `path`, stopped or killed by the caller once its temp file has data."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert child.stdout is not None and child.stdout.readline().strip() == "go"
+    _wait_for(lambda: any(p.stat().st_size > 0 for p in _temp_files(path.parent)))
+    return child
+
+
+def test_save_removes_the_temp_file_a_sigkilled_save_left(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    child = _start_save(path)
+    child.kill()
+    child.wait()
+    child.stdout.close()  # type: ignore[union-attr]
+    assert len(_temp_files(tmp_path)) == 1
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_keeps_the_temp_file_of_a_save_still_running_in_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    child = _start_save(path)
+    child.send_signal(signal.SIGSTOP)  # mid-write, holding its temp file's lock
+    try:
+        (running,) = _temp_files(tmp_path)
+        ckptschema.save(path, {"w": np.ones(4, np.float32)})
+        assert sorted(os.listdir(tmp_path)) == sorted([path.name, running.name])
+    finally:
+        child.send_signal(signal.SIGCONT)
+    assert child.communicate(timeout=120)[0].strip() == "saved" and child.returncode == 0
+    assert _assert_whole(path) == 2.0
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_to_a_file_name_of_255_bytes(tmp_path: Path) -> None:
+    path = tmp_path / ("é" * 97 + "m" * 49 + ".safetensors")
+    assert len(path.name.encode()) == 255
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    ckptschema.save(path, {"w": np.zeros(4, np.float32)})
+    assert os.listdir(tmp_path) == [path.name]
+    assert ckptschema.load(path)["w"].tolist() == [0, 0, 0, 0]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import ckptschema
 from ckptschema import _storage
 from ckptschema._dtypes import DTYPES
+from ckptschema._limits import MAX_TENSORS
 from ckptschema._manifest import compact_json
 
 from .helpers import assert_same_array
@@ -101,3 +102,50 @@ def test_file_truncated_under_a_threaded_read_is_a_format_error(tmp_path):
     wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
     with pytest.raises(ckptschema.FormatError, match=r"large\.safetensors: file ended at byte \d+"):
         _storage.read_tensors(source, wanted)
+
+
+def _raw_file(header: str, data: bytes = b"") -> bytes:
+    text = header.encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def test_zero_size_tensor_with_huge_dimensions_is_refused_naming_max_elements():
+    data = _raw_file('{"x":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}}')
+    with pytest.raises(ckptschema.FormatError) as e:
+        ckptschema.loads(data)
+    assert str(e.value) == (
+        "<bytes>: tensor 'x' shape [0, 4611686018427387904, 4611686018427387904] describes more than "
+        "MAX_ELEMENTS=281474976710656 elements (zero dimensions left out)"
+    )
+
+
+def test_shape_at_max_elements_with_a_zero_dimension_loads():
+    data = _raw_file('{"x":{"dtype":"U8","shape":[0,65536,4294967296],"data_offsets":[0,0]}}')
+    assert ckptschema.loads(data)["x"].shape == (0, 65536, 4294967296)
+
+
+def _many_tensors(count: int, metadata: bool) -> bytes:
+    members = ['"__metadata__":{"a":"b"}'] if metadata else []
+    members += [f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(count)]
+    return _raw_file("{" + ",".join(members) + "}")
+
+
+@pytest.mark.parametrize("metadata", [False, True], ids=["no-metadata", "metadata"])
+def test_header_of_max_tensors_tensors_is_read(metadata):
+    header = _storage.read_header(_storage.BytesSource(_many_tensors(MAX_TENSORS, metadata)))
+    assert len(header.entries) == MAX_TENSORS
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (False, "<bytes>: header lists 300001 tensors, above MAX_TENSORS=300000"),
+        (True, "<bytes>: header lists more than MAX_TENSORS=300000 tensors"),  # refused before parsing
+    ],
+    ids=["no-metadata", "metadata"],
+)
+def test_header_of_one_tensor_over_max_tensors_is_refused_naming_the_limit(metadata, message):
+    with pytest.raises(ckptschema.FormatError) as e:
+        _storage.read_header(_storage.BytesSource(_many_tensors(MAX_TENSORS + 1, metadata)))
+    assert str(e.value) == message
