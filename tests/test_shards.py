@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -14,6 +18,8 @@ import safetensors.numpy
 
 import ckptschema
 from ckptschema import _storage
+from ckptschema._dtypes import DTYPES
+from ckptschema._shards import MAX_OPEN_SHARDS, open_sharded
 from ckptschema.cli import main
 
 from .helpers import assert_same_tree
@@ -243,3 +249,95 @@ def test_a_directory_with_several_indexes_is_ambiguous(tmp_path):
     (directory / "b.safetensors.index.json").write_text("{}")
     with pytest.raises(ckptschema.FormatError, match="several indexes"):
         ckptschema.read_manifest(directory)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+_MANY_SHARDS = """
+import resource, sys, numpy as np, ckptschema
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+tree = {f"t{i:04d}": np.full(4, i, np.int32) for i in range(1100)}
+ckptschema.save(sys.argv[1], tree, max_shard_size=16)
+loaded = ckptschema.load(sys.argv[1], verify=True)
+assert all(np.asarray(loaded[k]).tolist() == v.tolist() for k, v in tree.items())
+assert ckptschema.validate(sys.argv[1], deep=True).ok
+print(len(loaded))
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_of_1100_shards_saves_and_loads_with_256_open_files(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _MANY_SHARDS, str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1100"
+    assert len(list(tmp_path.glob("model-*-of-01100-*.safetensors"))) == 1100
+
+
+def test_shard_replaced_after_it_was_first_opened_is_refused(tmp_path):
+    tree = {f"t{i}": np.full(4, i, np.int32) for i in range(MAX_OPEN_SHARDS + 2)}
+    ckptschema.save(tmp_path, tree, max_shard_size=16)
+    source, header = open_sharded(tmp_path)
+    try:
+        first = source.paths[0]
+        copy = tmp_path / "copy"
+        copy.write_bytes(Path(first).read_bytes())
+        os.replace(copy, first)  # same bytes, another file
+        with pytest.raises(ckptschema.FormatError) as e:
+            _storage.read_tensor(source, header.entries["t0"], DTYPES["int32"], (4,))
+    finally:
+        source.close()
+    assert str(e.value) == (
+        f"{first}: the shard was replaced or changed while being loaded; load again once no other process "
+        f"writes the checkpoint"
+    )
+
+
+_SHARDED_CHILD = """
+import sys, numpy as np, ckptschema
+tree = {f"t{i:02d}": np.full((1 << 20,), 2.0, np.float32) for i in range(16)}  # 64 MB in 16 shards
+print("go", flush=True)
+ckptschema.save(sys.argv[1], tree, max_shard_size="4MB")
+print("saved", flush=True)
+"""
+
+
+def _start_sharded_save(directory: Path) -> subprocess.Popen:
+    """A child running a real sharded save, stopped or killed by the caller once it has renamed two shards."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SHARDED_CHILD, str(directory)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "go"
+    deadline = time.monotonic() + 60
+    while len(list(directory.glob("model-*-of-00016-*.safetensors"))) < 2:
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+    return child
+
+
+def test_sharded_save_removes_the_shards_and_temp_files_a_sigkilled_save_left(tmp_path):
+    ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
+    child = _start_sharded_save(tmp_path)
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert len(list(tmp_path.glob("model-*-of-00016-*.safetensors"))) >= 2
+    ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
+    index = json.loads((tmp_path / INDEX).read_text())
+    assert sorted(os.listdir(tmp_path)) == sorted({INDEX, *index["weight_map"].values()})
+    assert_same_tree(ckptschema.load(tmp_path, verify=True), _tree())
+
+
+def test_sharded_save_keeps_the_shards_of_a_save_still_running_in_another_process(tmp_path):
+    child = _start_sharded_save(tmp_path)
+    child.send_signal(signal.SIGSTOP)  # holding its first shard's lock and its temp file's
+    try:
+        running = set(os.listdir(tmp_path))
+        ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
+        assert running <= set(os.listdir(tmp_path))
+    finally:
+        child.send_signal(signal.SIGCONT)
+    assert child.communicate(timeout=120)[0].strip() == "saved" and child.returncode == 0
+    loaded = ckptschema.load(tmp_path, verify=True)
+    assert sorted(loaded) == [f"t{i:02d}" for i in range(16)]
