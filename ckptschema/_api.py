@@ -6,7 +6,6 @@ import contextlib
 import functools
 import gc
 import os
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import _remote, _storage
+from . import _atomic, _remote, _storage
 from ._errors import CkptSchemaError, FormatError
 from ._limits import MAX_HEADER_BYTES, MAX_TENSORS
 from ._manifest import strict_json
@@ -293,7 +293,9 @@ def write_index(out: Any, manifest_text: str, total_size: int, weight_map: dict[
 #: The names `save` gives shards (number, count, token); only files named so are ever removed.
 _OWN_SHARD = re.compile(r"model-(\d{5})-of-(\d{5})-([0-9a-f]{8})\.safetensors")
 #: The temporary names of shards and of the index while a save writes them.
-_OWN_TEMP = re.compile(r"\.(?:model-\d{5}-of-\d{5}-[0-9a-f]{8}\.safetensors|model\.safetensors\.index\.json)\.[0-9a-f]{12}\.tmp")
+_OWN_TEMP = re.compile(
+    r"\.(?:model-\d{5}-of-\d{5}-[0-9a-f]{8}\.safetensors|model\.safetensors\.index\.json)\.[0-9a-f]{12}\.tmp"
+)
 
 
 def own_shards_of(index: str) -> set[str]:
@@ -312,7 +314,7 @@ def own_shards_of(index: str) -> set[str]:
 def remove_leftovers(directory: str) -> None:
     """Remove what killed saves left in a sharded checkpoint's directory; never a running save's files.
 
-    Temporary files stay locked by their writer (`_storage.atomic_file`), and a running save
+    Temporary files stay locked by their writer (`_atomic.atomic_file`), and a running save
     holds the lock of its first shard until its index is in place: the temporary files that
     can be locked, and the shards that no index names whose first shard can be locked (or
     is gone), are leftovers. Shards are removed last to first, so a removal cut short
@@ -323,7 +325,7 @@ def remove_leftovers(directory: str) -> None:
     groups: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
     for name in os.listdir(directory):
         if _OWN_TEMP.fullmatch(name):
-            _storage.remove_if_stale(os.path.join(directory, name))
+            _atomic.remove_if_stale(os.path.join(directory, name))
         elif match := _OWN_SHARD.fullmatch(name):
             groups[match.group(3)].append((int(match.group(1)), name))
     named = _named_by(index)
@@ -331,7 +333,7 @@ def remove_leftovers(directory: str) -> None:
         if named is None or any(name in named for _, name in shards):
             continue
         shards.sort(reverse=True)
-        fd = _storage.lock_if_unused(os.path.join(directory, shards[-1][1])) if shards[-1][0] == 1 else None
+        fd = _atomic.lock_if_unused(os.path.join(directory, shards[-1][1])) if shards[-1][0] == 1 else None
         if shards[-1][0] == 1 and fd is None:
             continue  # a save still running
         try:

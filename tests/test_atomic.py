@@ -118,11 +118,19 @@ def _temp_files(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
+def _size(path: Path) -> int:
+    """The size of a file another process may rename away meanwhile (0 if it is gone)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _start_save(path: Path) -> subprocess.Popen:
     """A child running a real 64 MB save to `path`, stopped or killed by the caller once its temp file has data."""
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert child.stdout is not None and child.stdout.readline().strip() == "go"
-    _wait_for(lambda: any(p.stat().st_size > 0 for p in _temp_files(path.parent)))
+    _wait_for(lambda: any(_size(p) > 0 for p in _temp_files(path.parent)))
     return child
 
 
@@ -159,3 +167,14 @@ def test_save_to_a_file_name_of_255_bytes(tmp_path: Path) -> None:
     ckptschema.save(path, {"w": np.zeros(4, np.float32)})
     assert os.listdir(tmp_path) == [path.name]
     assert ckptschema.load(path)["w"].tolist() == [0, 0, 0, 0]
+
+
+def test_save_keeps_an_empty_temp_file_younger_than_a_minute(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    fresh = tmp_path / ".model.safetensors.0123456789ab.tmp"  # as a save leaves it just before locking it
+    fresh.touch()
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, fresh.name])
+    os.utime(fresh, (time.time() - 120, time.time() - 120))
+    ckptschema.save(path, {"w": np.ones(4, np.float32)})
+    assert os.listdir(tmp_path) == [path.name]

@@ -303,14 +303,25 @@ print("saved", flush=True)
 """
 
 
+def _size(path: Path) -> int:
+    """The size of a file another process may rename away meanwhile (0 if it is gone)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _start_sharded_save(directory: Path) -> subprocess.Popen:
-    """A child running a real sharded save, stopped or killed by the caller once it has renamed two shards."""
+    """A child running a real sharded save, stopped or killed by the caller once it has renamed two shards
+    and is writing data to a third (an empty temporary file younger than a minute is never removed)."""
     child = subprocess.Popen(
         [sys.executable, "-c", _SHARDED_CHILD, str(directory)], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     assert child.stdout is not None and child.stdout.readline().strip() == "go"
     deadline = time.monotonic() + 60
-    while len(list(directory.glob("model-*-of-00016-*.safetensors"))) < 2:
+    while len(list(directory.glob("model-*-of-00016-*.safetensors"))) < 2 or not any(
+        _size(p) > 0 for p in directory.glob(".model-*-of-00016-*.tmp")
+    ):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.002)
     return child
@@ -341,3 +352,11 @@ def test_sharded_save_keeps_the_shards_of_a_save_still_running_in_another_proces
     assert child.communicate(timeout=120)[0].strip() == "saved" and child.returncode == 0
     loaded = ckptschema.load(tmp_path, verify=True)
     assert sorted(loaded) == [f"t{i:02d}" for i in range(16)]
+
+
+def test_sharded_save_removes_no_shard_while_the_index_cannot_be_read(tmp_path):
+    ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
+    before = {p.name for p in tmp_path.glob("model-*.safetensors")}
+    (tmp_path / INDEX).write_text("{not json")
+    ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
+    assert before <= set(os.listdir(tmp_path))
