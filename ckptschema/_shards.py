@@ -7,13 +7,15 @@ that any safetensors reader opens; the index maps every tensor key to its shard
 manifest (``metadata["ckptschema"]``). The token is new on every save, so a save never
 writes over a shard the current index points to: the index is replaced last, atomically,
 and only then are the shards it no longer names removed. A crash at any instant leaves
-the old index with its shards or the new one with its.
+the old index with its shards or the new one with its; what a killed save leaves (shards no
+index names, temporary files) the next save removes (`remove_leftovers`).
 
 Reading trusts nothing: the index is strict JSON of at most `MAX_HEADER_BYTES`; every
 shard name must be a plain file name inside the index's directory (no path separators,
 ``.``/``..``, NUL bytes or URLs) of a regular file that is not a symbolic link (and is
 opened with ``O_NOFOLLOW``); every tensor must sit in the shard the index names, and no
-shard may hold a tensor the index does not list.
+shard may hold a tensor the index does not list. A load holds at most `MAX_OPEN_SHARDS`
+shards open at once (`ShardedSource`).
 """
 
 from __future__ import annotations
