@@ -38,7 +38,9 @@ def serialize(params: Any, filename: str | os.PathLike[str] | None = None, **sav
     return save(filename, params, **save_kwargs)
 
 
-def deserialize(path_or_buf: str | os.PathLike[str] | bytes, template: Any = None, **load_kwargs: Any) -> Any:
+def deserialize(
+    path_or_buf: str | os.PathLike[str] | bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any
+) -> Any:
     """safejax's ``deserialize``: `load` from a path or URL, or `loads` from bytes.
 
     Args:
