@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         python = _venv(".venv", "-e", ".[all]")
         return subprocess.run([python, "examples/demo.py", *argv[1:]], cwd=ROOT).returncode
     if argv[:1] == ["test"]:
-        python = _venv(".venv-tox", "tox>=4.11")
+        python = _venv(".venv-tox", "tox>=4.22")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         return subprocess.run([python, "-m", "tox", *argv[1:]], cwd=ROOT, env=env).returncode
     print(__doc__, file=sys.stderr)

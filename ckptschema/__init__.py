@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _containers
 from ._api import dumps as dumps
 from ._api import load as load
 from ._api import load_schema as load_schema
@@ -21,6 +22,8 @@ from ._api import manifest_of as manifest_of
 from ._api import read_manifest as read_manifest
 from ._api import save as save
 from ._api import validate as validate
+from ._containers import Container as Container
+from ._errors import CheckpointNotFoundError as CheckpointNotFoundError
 from ._errors import CkptSchemaError as CkptSchemaError
 from ._errors import FormatError as FormatError
 from ._errors import IntegrityError as IntegrityError
@@ -29,8 +32,11 @@ from ._errors import ValidationError as ValidationError
 from ._manifest import FORMAT_VERSION as FORMAT_VERSION
 from ._manifest import Manifest as Manifest
 from ._manifest import json_schema as json_schema
+from ._safejax import deserialize as deserialize
+from ._safejax import serialize as serialize
 from ._validate import Report as Report
 
+#: The one place the version is written; the build reads it (``[tool.hatch.version]``).
 __version__ = "0.1.0"
 
 
@@ -38,7 +44,9 @@ _FRAMEWORKS = ("flax", "haiku", "objax")
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointNotFoundError",
     "CkptSchemaError",
+    "Container",
     "FormatError",
     "IntegrityError",
     "Issue",
@@ -53,30 +61,37 @@ __all__ = [
     "loads",
     "manifest_of",
     "read_manifest",
+    "register_container",
     "save",
     "serialize",
     "validate",
 ]
 
 
-def serialize(tree: Any, filename: str | None = None, **save_kwargs: Any) -> bytes | Manifest:
-    """safejax's spelling: write `tree` to `filename` (returns the `Manifest`), or return bytes.
+def register_container(*containers: Container) -> None:
+    """Put container types on the allow-list, so that their trees save and load without a template.
+
+    A ``dict`` container is a mapping (its children are its items); a ``wrapper`` holds one
+    child and JSON-scalar metadata and adds no part to tensor keys. A manifest names a
+    container by its ``name``; a file naming an unregistered one loads only with a template.
 
     Example:
         >>> import numpy as np, ckptschema
-        >>> ckptschema.deserialize(ckptschema.serialize({"w": np.ones(2, np.float32)}))["w"].tolist()
-        [1.0, 1.0]
+        >>> class Params(dict):
+        ...     pass
+        >>> ckptschema.register_container(
+        ...     ckptschema.Container(
+        ...         name="mylib.Params",
+        ...         framework="mylib",
+        ...         kind="dict",
+        ...         match=lambda obj: type(obj) is Params,
+        ...         build=lambda children, metadata=None: Params(children),
+        ...     )
+        ... )
+        >>> type(ckptschema.loads(ckptschema.dumps(Params(w=np.ones(2))))).__name__
+        'Params'
     """
-    if filename is None:
-        return dumps(tree, **save_kwargs)
-    return save(filename, tree, **save_kwargs)
-
-
-def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) -> Any:
-    """safejax's spelling: load from a path or from bytes; same options as `load`."""
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return loads(path_or_bytes, template, **load_kwargs)
-    return load(path_or_bytes, template, **load_kwargs)
+    _containers.register(*containers)
 
 
 def __getattr__(name: str) -> Any:

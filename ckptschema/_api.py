@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,7 @@ from . import _containers, _progress, _remote, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._limits import MAX_HEADER_BYTES
-from ._manifest import FORMAT_VERSION, Manifest, compact_json, parse_manifest
+from ._manifest import FORMAT_VERSION, Manifest, compact_json, parse_manifest, with_metadata
 from ._storage import MANIFEST_KEY, Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
 from ._validate import Report, compare, scalar_kind_matches
@@ -212,49 +213,81 @@ def save(
 
 
 @_gc_paused
-def dumps(tree: Any, **save_kwargs: Any) -> bytes:
-    """The bytes `save` would write, as a `bytes` object.
+def dumps(
+    tree: Any,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    separator: str = ".",
+    framework: str | None = None,
+    checksum: str | None = "sha256",
+    max_shard_size: int | str | None = None,
+    progress: bool = False,
+) -> bytes:
+    """The bytes `save` would write for one file, as a `bytes` object.
+
+    Args:
+        tree: any pytree of arrays, Python scalars and containers.
+        metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
+        separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
+        framework: recorded in the manifest; detected from the tree's types if omitted.
+        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        max_shard_size: must be None: the bytes are one file (save a sharded checkpoint with `save`).
+        progress: show a progress bar over the bytes made (only when stderr is a terminal).
+
+    Returns:
+        The checkpoint's bytes; `loads` reads them back.
+
+    Raises:
+        CkptSchemaError: as `save` does, and for a ``max_shard_size``.
 
     Example:
         >>> import numpy as np, ckptschema
-        >>> data = ckptschema.dumps({"w": np.arange(3, dtype=np.int32)})
+        >>> data = ckptschema.dumps({"w": np.arange(3, dtype=np.int32)}, metadata={"run": "7"})
         >>> ckptschema.loads(data)["w"].tolist()
         [0, 1, 2]
     """
-    import io
-
-    if save_kwargs.get("max_shard_size") is not None:
+    if max_shard_size is not None:
         raise CkptSchemaError("dumps makes one file's bytes; max_shard_size= needs save() and a directory")
-    plan = _Plan(tree, **_save_options(save_kwargs))
+    plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     out = io.BytesIO()
-    plan.write(out)
+    with _progress.writing(out, sum(a.nbytes for a in plan.arrays), "saving <bytes>", progress) as tracked:
+        plan.write(tracked)
     return out.getvalue()
 
 
 @_gc_paused
-def manifest_of(tree: Any, **save_kwargs: Any) -> Manifest:
-    """The `Manifest` that `save` would record for a tree, checksums included.
+def manifest_of(
+    tree: Any,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    separator: str = ".",
+    framework: str | None = None,
+    checksum: str | None = "sha256",
+    max_shard_size: int | str | None = None,
+) -> Manifest:
+    """The `Manifest` that `save` would record for a tree, checksums included; nothing is written.
+
+    Args:
+        tree: any pytree of arrays, Python scalars and containers.
+        metadata: the header metadata the save would write (checked, and kept as `Manifest.metadata`).
+        separator: joins path parts into tensor keys.
+        framework: recorded in the manifest; detected from the tree's types if omitted.
+        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        max_shard_size: checked as `save` checks it; a sharded save records the same manifest.
+
+    Returns:
+        The `Manifest`, equal to what `save` returns and `read_manifest` reads back.
 
     Example:
         >>> import numpy as np, ckptschema
         >>> ckptschema.manifest_of({"w": np.zeros(2, np.float32)}).tensors["w"].digest[:12]
         'af5570f5a181'
     """
-    plan = _Plan(tree, **_save_options(save_kwargs))
+    plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    if max_shard_size is not None:
+        _shards.parse_size(max_shard_size)
     plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
-    return plan.manifest()
-
-
-def _save_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`_Plan`'s options from `save`'s keyword arguments (``max_shard_size`` checked, then dropped)."""
-    allowed = {"metadata", "separator", "framework", "checksum", "max_shard_size"}
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise TypeError(f"unexpected save option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    options = {"metadata": None, "separator": ".", "framework": None, "checksum": "sha256", **kwargs}
-    if options.pop("max_shard_size", None) is not None:
-        _shards.parse_size(kwargs["max_shard_size"])
-    return options
+    return with_metadata(plan.manifest(), plan.metadata)
 
 
 def _save_remote(url: str, plan: _Plan) -> Manifest:
@@ -341,8 +374,10 @@ def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple
     try:
         text = header.manifest_text
         manifest = None if text is None else parse_manifest(text, src.name)
-        if manifest is not None and not _agrees(manifest, header):
-            _check_manifest_matches_header(manifest, header, src.name)
+        if manifest is not None:
+            if not _agrees(manifest, header):
+                _check_manifest_matches_header(manifest, header, src.name)
+            with_metadata(manifest, {k: v for k, v in header.metadata.items() if k != MANIFEST_KEY})
         yield src, header, manifest
     finally:
         src.close()
@@ -441,14 +476,23 @@ def _lookup_containers(skeleton: dict[str, Any], where: str) -> None:
 def read_manifest(path: PathLike) -> Manifest:
     """Read a checkpoint's manifest from its header; no tensor bytes are read.
 
+    Args:
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+
+    Returns:
+        The `Manifest`, with the header's user metadata as `Manifest.metadata`.
+
     Raises:
+        CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`).
         FormatError: if the file is not a valid checkpoint or has no manifest.
 
     Example:
         >>> import numpy as np, ckptschema
-        >>> _ = ckptschema.save(tmp_path / "m.safetensors", {"w": np.zeros((2, 2), np.float16)})
-        >>> ckptschema.read_manifest(tmp_path / "m.safetensors").tensors["w"].shape
-        (2, 2)
+        >>> tree = {"w": np.zeros((2, 2), np.float16)}
+        >>> _ = ckptschema.save(tmp_path / "m.safetensors", tree, metadata={"step": "100"})
+        >>> manifest = ckptschema.read_manifest(tmp_path / "m.safetensors")
+        >>> manifest.tensors["w"].shape, manifest.metadata
+        ((2, 2), {'step': '100'})
     """
     with _opened(path) as (src, _, manifest):
         if manifest is None:
@@ -596,6 +640,8 @@ def load(
 
     Raises:
         ValidationError: listing every mismatch with the template, by path.
+        CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`,
+            so ``except FileNotFoundError:`` starts afresh when there is none yet).
         FormatError: if the file is not a valid checkpoint.
         IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
 
@@ -612,17 +658,44 @@ def load(
 
 
 @_gc_paused
-def loads(data: bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any) -> Any:
-    """Load a checkpoint from bytes (as made by `dumps`); same options as `load`.
+def loads(
+    data: bytes | bytearray | memoryview,
+    template: Any = None,
+    *,
+    strict: bool = True,
+    subtree: Subtree = None,
+    verify: bool = False,
+    separator: str | None = None,
+    progress: bool = False,
+    mmap: bool = False,
+) -> Any:
+    """Load a checkpoint from bytes (as made by `dumps`); the options are those of `load`.
+
+    Args:
+        data: the checkpoint's bytes.
+        template: as for `load`.
+        strict: if False, tensors that the template lacks are allowed (reported as a warning).
+        subtree: load only this part, as a separator-joined path or a tuple of keys.
+        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+        separator: for data without a manifest, the separator that joined their keys.
+        progress: show a progress bar over the bytes read (only when stderr is a terminal).
+        mmap: give numpy template leaves as read-only views of `data` instead of copies.
+
+    Returns:
+        The tree.
+
+    Raises:
+        ValidationError: listing every mismatch with the template, by path.
+        FormatError: if the bytes are not a valid checkpoint.
+        IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
 
     Example:
         >>> import numpy as np, ckptschema
         >>> ckptschema.loads(ckptschema.dumps({"a": [1, 2.5, None]}))
         {'a': [1, 2.5, None]}
     """
-    options = {"strict": True, "subtree": None, "verify": False, "separator": None, "mmap": False, **load_kwargs}
-    with _opened(data) as (source, header, manifest):
-        return _load(source, header, manifest, template, **options)
+    with _opened(data) as (source, header, manifest), _tracked(source, header, "loading", progress) as tracked:
+        return _load(tracked, header, manifest, template, strict, subtree, verify, separator, mmap)
 
 
 def _load(
@@ -746,12 +819,17 @@ def _raise_or_warn(issues: list[Issue], strict: bool, where: str) -> None:
 def _plain_candidates(
     skeleton: dict[str, Any], separator: str
 ) -> Iterator[tuple[dict[str, Any], tuple[KeyPart, ...], list[str]]]:
-    """Each template leaf with the keys other tools give it: ``a.b.0`` and pytree2safetensors' ``@a@b#0``."""
+    """Each template leaf with the keys other tools give it: ``a.b.0`` and pytree2safetensors' ``@a@b#0``.
+
+    pytree2safetensors marks each part of a path: ``@`` a dict key, ``#`` a sequence index, ``.``
+    an attribute, except that a path starting with an attribute drops its ``.``
+    (``layers#0@w`` for an equinox Module's ``layers[0]["w"]``).
+    """
 
     def walk(node: dict[str, Any], path: tuple[KeyPart, ...], p2s: str) -> Iterator[Any]:
         kind = node["kind"]
         if kind in ("tensor", "scalar"):
-            yield node, path, [separator.join(map(str, path)), p2s]
+            yield node, path, [separator.join(map(str, path)), p2s[1:] if p2s.startswith(".") else p2s]
         elif kind == "wrapper":
             yield from walk(node["child"], path, p2s)
         elif kind in ("list", "tuple"):
@@ -850,7 +928,13 @@ def _describe_expected(node: dict[str, Any]) -> str:
 
 
 @_gc_paused
-def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = False, progress: bool = False) -> Report:
+def validate(
+    source: PathLike | bytes | bytearray | memoryview,
+    against: Any = None,
+    *,
+    deep: bool = False,
+    progress: bool = False,
+) -> Report:
     """Check a checkpoint without loading it; mismatches are reported, never raised.
 
     Args:
@@ -866,6 +950,7 @@ def validate(source: PathLike | bytes, against: Any = None, *, deep: bool = Fals
         A `Report`; ``report.ok`` is True when nothing is wrong.
 
     Raises:
+        CheckpointNotFoundError: if there is no checkpoint at `source` (also a `FileNotFoundError`).
         FormatError: if the file (or schema) cannot be read at all.
 
     Example:

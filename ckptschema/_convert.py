@@ -7,7 +7,8 @@ allows, plus the header metadata worth keeping:
   exact keys (so raw safetensors readers still see the same names after conversion);
 - ``safejax``: keys that are ``.``-joined paths of nested dicts (``params.Dense_0.kernel``);
 - ``pytree2safetensors``: keys such as ``@layers#0@w`` (``@`` a dict key, ``#`` a list
-  index, ``.`` an attribute, kept as a dict key since the class is not recorded);
+  index, ``.`` an attribute, kept as a dict key since the class is not recorded; a key
+  that starts with an attribute has no ``.``, as an equinox Module's ``layers#0.weight``);
 - ``flax-msgpack``: ``flax.serialization.to_bytes``/``msgpack_serialize`` output, restored
   with ``flax.serialization.msgpack_restore`` (plain data: msgpack executes nothing);
 - ``orbax``: an orbax-checkpoint directory, restored with ``StandardCheckpointer``.
@@ -111,8 +112,12 @@ _P2S_PART = re.compile(r"([@#.])([^@#.]*)")
 
 
 def _p2s_path(key: str) -> list[Part] | None:
+    """The path of a pytree2safetensors key; ``""`` is the root leaf, and a key starting with no
+    marker starts with an attribute (pytree2safetensors drops that ``.``)."""
+    if key and key[0] not in "@#.":
+        key = "." + key
     parts = _P2S_PART.findall(key)
-    if "".join(marker + name for marker, name in parts) != key or not parts:
+    if "".join(marker + name for marker, name in parts) != key:
         return None
     path: list[Part] = []
     for marker, name in parts:
@@ -131,7 +136,7 @@ def _nest(src: str, flat: dict[str, Any], parse: Callable[[str], list[Part] | No
     kinds: dict[tuple[str | int, ...], str] = {}
     for key, value in flat.items():
         path = parse(key)
-        if not path:
+        if path is None:
             raise CkptSchemaError(f"{src}: tensor key {key!r} is not a path in this format")
         node: dict[str | int, Any] = root  # type: ignore[assignment]
         slot: str | int = ""

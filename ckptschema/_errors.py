@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["CkptSchemaError", "FormatError", "IntegrityError", "Issue", "ValidationError"]
+__all__ = ["CheckpointNotFoundError", "CkptSchemaError", "FormatError", "IntegrityError", "Issue", "ValidationError"]
 
 #: Order in which issue kinds are grouped in messages and reports.
 ISSUE_KINDS = ("missing", "unexpected", "shape", "dtype", "structure", "value", "checksum")
@@ -26,6 +29,34 @@ class FormatError(CkptSchemaError):
         ...     print(type(e).__name__)
         FormatError
     """
+
+
+class CheckpointNotFoundError(FormatError, FileNotFoundError):
+    """There is no checkpoint at the path: no file, object, sharded index or shard of that name.
+
+    It is a `FileNotFoundError` too, so the usual resume idiom works; ``filename`` is the
+    path that is missing.
+
+    Example:
+        >>> import ckptschema
+        >>> try:
+        ...     ckptschema.load(tmp_path / "ckpt.safetensors")
+        ... except FileNotFoundError as e:
+        ...     print(isinstance(e, ckptschema.CkptSchemaError), e.filename.endswith("ckpt.safetensors"))
+        True True
+    """
+
+    def __init__(self, message: str, filename: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT
+        self.strerror = os.strerror(errno.ENOENT)
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0], self.filename)
 
 
 class IntegrityError(CkptSchemaError):

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, NotRequired
 
 from pydantic import (
@@ -36,7 +37,7 @@ from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_NODES, MAX_RANK
 
-__all__ = ["FORMAT_VERSION", "Manifest", "TensorInfo", "json_schema", "parse_manifest", "strict_json"]
+__all__ = ["FORMAT_VERSION", "Manifest", "TensorInfo", "json_schema", "parse_manifest", "strict_json", "with_metadata"]
 
 #: The manifest format version this release writes and reads.
 FORMAT_VERSION: Final = 1
@@ -275,6 +276,23 @@ class Manifest(BaseModel):
         """Total bytes of tensor data."""
         return sum(t.nbytes for t in self.tensors.values())
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The header's user metadata: its ``__metadata__`` entries other than the manifest.
+
+        What ``save(..., metadata=...)`` wrote (plus ``"format": "flax"`` for flax trees),
+        filled by `read_manifest` (and `load`'s and `validate`'s reads) and by `manifest_of`.
+        It is not part of the manifest's JSON, nor of equality: two checkpoints of the same
+        tree have equal manifests whatever their notes.
+
+        Example:
+            >>> import numpy as np, ckptschema
+            >>> _ = ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(2)}, metadata={"run": "7"})
+            >>> ckptschema.read_manifest(tmp_path / "m.safetensors").metadata
+            {'run': '7'}
+        """
+        return dict(self.__dict__.get("_header_metadata", {}))
+
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Manifest:
         """Validate JSON data (already parsed) into a `Manifest`.
@@ -313,6 +331,12 @@ class Manifest(BaseModel):
             }
         """
         return json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def with_metadata(manifest: Manifest, metadata: Mapping[str, str]) -> Manifest:
+    """`manifest`, carrying the header's user metadata as `Manifest.metadata` (outside its fields)."""
+    object.__setattr__(manifest, "_header_metadata", dict(metadata))
+    return manifest
 
 
 def _check_shape_of_tree(skeleton: Any) -> None:

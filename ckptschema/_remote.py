@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import CkptSchemaError, FormatError
+from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
 
 __all__ = ["RemoteSource", "is_url", "write"]
 
@@ -50,7 +50,7 @@ class RemoteSource:
         try:
             info = self.fs.info(self.path)
         except FileNotFoundError:
-            raise FormatError(f"{url}: cannot open (no such object)") from None
+            raise CheckpointNotFoundError(f"{url}: cannot open (no such object)", url) from None
         except Exception as e:  # network and permission errors of every store
             raise FormatError(f"{url}: cannot open ({type(e).__name__}: {e})") from e
         if info.get("type") != "file":

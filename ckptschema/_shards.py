@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import _atomic, _remote, _storage
-from ._errors import CkptSchemaError, FormatError
+from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
 from ._limits import MAX_HEADER_BYTES, MAX_TENSORS
 from ._manifest import strict_json
 from ._storage import MANIFEST_KEY, Entry, FileSource, Header
@@ -115,9 +115,14 @@ def index_path(path: str | os.PathLike[str]) -> str:
     if os.path.exists(os.path.join(where, INDEX_NAME)):
         return os.path.join(where, INDEX_NAME)
     found = sorted(name for name in os.listdir(where) if name.endswith(_INDEX_SUFFIX))
-    if len(found) != 1:
-        what = f"several indexes ({', '.join(found)})" if found else f"no *{_INDEX_SUFFIX} index"
-        raise FormatError(f"{where}: a directory is read as a sharded checkpoint, but it has {what}")
+    if not found:
+        raise CheckpointNotFoundError(
+            f"{where}: a directory is read as a sharded checkpoint, but it has no *{_INDEX_SUFFIX} index", where
+        )
+    if len(found) > 1:
+        raise FormatError(
+            f"{where}: a directory is read as a sharded checkpoint, but it has several indexes ({', '.join(found)})"
+        )
     return os.path.join(where, found[0])
 
 
@@ -279,6 +284,8 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
 def _open_shard(path: str) -> FileSource:
     try:
         st = os.lstat(path)
+    except FileNotFoundError as e:
+        raise CheckpointNotFoundError(f"{path}: shard cannot be opened ({e.strerror or e})", path) from e
     except OSError as e:
         raise FormatError(f"{path}: shard cannot be opened ({e.strerror or e})") from e
     if not stat.S_ISREG(st.st_mode):

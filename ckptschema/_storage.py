@@ -33,7 +33,7 @@ import numpy as np
 from . import _remote
 from ._atomic import atomic_file as atomic_file
 from ._dtypes import BY_CODE, DType
-from ._errors import CkptSchemaError, FormatError, IntegrityError
+from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError, IntegrityError
 from ._limits import MAX_ELEMENTS, MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
 from ._manifest import compact_json, strict_json
 
@@ -73,6 +73,8 @@ class FileSource:
             flags |= getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self.name, flags)
+        except FileNotFoundError as e:
+            raise CheckpointNotFoundError(f"{self.name}: cannot open ({e.strerror or e})", self.name) from e
         except OSError as e:
             raise FormatError(f"{self.name}: cannot open ({e.strerror or e})") from e
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import mmap
 import os
 import stat
@@ -474,3 +475,123 @@ def test_validating_a_plain_file_reads_no_tensor_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(ckptschema._storage, "read_tensor", lambda *a, **k: pytest.fail("read tensor bytes"))
     report = ckptschema.validate(path, {"w": jax.ShapeDtypeStruct((3, 4), jnp.float32)})
     assert report.ok
+
+
+def test_serialize_and_deserialize_take_safejax_keyword_names(tmp_path):
+    tree = {"w": np.ones(2, np.float32)}
+    manifest = ckptschema.serialize(params=tree, filename=tmp_path / "s.safetensors")
+    assert isinstance(manifest, ckptschema.Manifest)
+    assert_same_tree(ckptschema.deserialize(path_or_buf=tmp_path / "s.safetensors"), tree)
+    assert_same_tree(ckptschema.deserialize(path_or_buf=ckptschema.serialize(params=tree), template=tree), tree)
+
+
+def test_read_manifest_gives_back_the_header_user_metadata(tmp_path):
+    tree = {"w": np.ones(2, np.float32)}
+    ckptschema.save(tmp_path / "m.safetensors", tree, metadata={"run": "7", "note": "é"})
+    assert ckptschema.read_manifest(tmp_path / "m.safetensors").metadata == {"run": "7", "note": "é"}
+
+
+def test_manifest_of_carries_the_metadata_save_would_write():
+    manifest = ckptschema.manifest_of({"w": np.ones(2, np.float32)}, metadata={"run": "7"})
+    assert manifest.metadata == {"run": "7"}
+    assert manifest == ckptschema.manifest_of({"w": np.ones(2, np.float32)})  # metadata is outside equality
+
+
+def test_pytree2safetensors_keys_of_a_root_attribute_are_recognised(tmp_path):
+    Model = collections.namedtuple("Model", ["layers", "scale"])
+    path = tmp_path / "p2s.safetensors"
+    layers = {f"layers#{i}@query": np.full(2, i, np.float32) for i in range(11)}
+    safetensors.numpy.save_file({**layers, "scale": np.ones((), np.float32)}, path)
+    template = Model([{"query": np.zeros(2, np.float32)} for _ in range(11)], np.zeros((), np.float32))
+    loaded = ckptschema.load(path, template=template)
+    assert type(loaded) is Model
+    assert_same_array(loaded.layers[10]["query"], np.full(2, 10, np.float32))
+    assert_same_array(loaded.scale, np.ones((), np.float32))
+
+
+def test_loads_takes_the_options_of_load():
+    data = ckptschema.dumps({"w": np.arange(3, dtype=np.float32)})
+    loaded = ckptschema.loads(data, progress=True, verify=True, strict=False, separator=".", mmap=False)
+    assert_same_array(loaded["w"], np.arange(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("function", "option"),
+    [(ckptschema.loads, "checksum"), (ckptschema.dumps, "strict"), (ckptschema.manifest_of, "verify")],
+)
+def test_a_wrong_option_is_pythons_type_error_naming_it(function, option):
+    data = ckptschema.dumps({"w": np.zeros(1, np.float32)})
+    argument = data if function is ckptschema.loads else {"w": np.zeros(1, np.float32)}
+    with pytest.raises(TypeError) as e:
+        function(argument, **{option: None})
+    assert str(e.value) == f"{function.__name__}() got an unexpected keyword argument {option!r}"
+
+
+def test_dumps_and_loads_have_the_keyword_options_of_save_and_load():
+    def options(function):
+        return {
+            name: (p.default, p.annotation)
+            for name, p in inspect.signature(function).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    assert options(ckptschema.dumps) == options(ckptschema.save)
+    assert options(ckptschema.loads) == options(ckptschema.load)
+    assert options(ckptschema.manifest_of) == {k: v for k, v in options(ckptschema.save).items() if k != "progress"}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [ckptschema.load, ckptschema.read_manifest, ckptschema.validate, ckptschema.deserialize],
+    ids=lambda f: f.__name__,
+)
+def test_a_missing_checkpoint_is_a_file_not_found_error(tmp_path, call):
+    path = tmp_path / "none.safetensors"
+    with pytest.raises(FileNotFoundError) as e:
+        call(path)
+    assert isinstance(e.value, ckptschema.CkptSchemaError)
+    assert type(e.value) is ckptschema.CheckpointNotFoundError
+    assert (str(e.value), e.value.filename) == (f"{path}: cannot open (No such file or directory)", str(path))
+
+
+def test_the_resume_idiom_starts_afresh_without_a_checkpoint(tmp_path):
+    try:
+        state = ckptschema.load(tmp_path / "ckpt.safetensors")
+    except FileNotFoundError:
+        state = {"step": 0}
+    assert state == {"step": 0}
+
+
+def test_a_sharded_directory_without_its_index_is_a_file_not_found_error(tmp_path):
+    ckptschema.save(tmp_path / "ckpt", {"w": np.ones(4, np.float32)}, max_shard_size=8)
+    os.unlink(tmp_path / "ckpt" / "model.safetensors.index.json")
+    with pytest.raises(FileNotFoundError) as e:
+        ckptschema.read_manifest(tmp_path / "ckpt")
+    assert str(e.value) == (
+        f"{tmp_path / 'ckpt'}: a directory is read as a sharded checkpoint, "
+        "but it has no *.safetensors.index.json index"
+    )
+    assert isinstance(e.value, ckptschema.CkptSchemaError)
+
+
+def test_a_missing_sharded_index_file_is_a_file_not_found_error(tmp_path):
+    index = tmp_path / "model.safetensors.index.json"
+    with pytest.raises(ckptschema.CheckpointNotFoundError, match=r"cannot open \(No such file or directory\)$"):
+        ckptschema.load(index)
+
+
+def test_a_missing_shard_named_by_the_index_is_a_file_not_found_error(tmp_path):
+    ckptschema.save(tmp_path / "ckpt", {"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)}, max_shard_size=16)
+    shard = sorted((tmp_path / "ckpt").glob("model-00002-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        ckptschema.load(tmp_path / "ckpt")
+    assert str(e.value) == f"{shard}: shard cannot be opened (No such file or directory)"
+    assert isinstance(e.value, ckptschema.CkptSchemaError) and e.value.filename == str(shard)
+
+
+def test_the_cli_exits_2_for_a_missing_checkpoint(tmp_path, capsys):
+    from ckptschema.cli import main
+
+    assert main(["inspect", str(tmp_path / "none.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().endswith("none.safetensors: cannot open (No such file or directory)")

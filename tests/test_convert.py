@@ -122,3 +122,27 @@ def test_orbax_directory_converts(tmp_path, capsys):
     code, out, _ = _convert(capsys, tmp_path / "orbax", tmp_path / "out.safetensors")
     assert code == 0 and "(orbax)" in out
     assert_same_tree(ckptschema.load(tmp_path / "out.safetensors", template=tree), tree)
+
+
+def test_pytree2safetensors_keys_of_a_root_attribute_convert(tmp_path, capsys):
+    flat = {"layers#0@query": np.full(2, 5, np.int8), "layers#1@query": np.full(2, 6, np.int8), "head.w": np.ones(1)}
+    safetensors.numpy.save_file(flat, tmp_path / "p2s.safetensors")
+    code, _, err = _convert(
+        capsys, tmp_path / "p2s.safetensors", tmp_path / "out.safetensors", "--from", "pytree2safetensors"
+    )
+    assert (code, err) == (0, "")
+    expected = {
+        "layers": [{"query": np.full(2, 5, np.int8)}, {"query": np.full(2, 6, np.int8)}],
+        "head": {"w": np.ones(1)},
+    }
+    assert_same_tree(ckptschema.load(tmp_path / "out.safetensors", template=expected), expected)
+
+
+def test_a_pytree2safetensors_root_leaf_converts_to_a_bare_tensor(tmp_path, capsys):
+    safetensors.numpy.save_file({"": np.arange(3, dtype=np.int16)}, tmp_path / "p2s.safetensors")
+    code, _, _ = _convert(
+        capsys, tmp_path / "p2s.safetensors", tmp_path / "out.safetensors", "--from", "pytree2safetensors"
+    )
+    assert code == 0
+    root = np.arange(3, dtype=np.int16)
+    assert_same_tree(ckptschema.load(tmp_path / "out.safetensors", template=root), root)

@@ -1,17 +1,30 @@
-"""The core imports no framework; framework adapters load on demand or say which extra is missing.
+"""What the package imports and declares: the core imports no framework, framework adapters load
+on demand or say which extra is missing, and the declared dependencies are the imported ones.
 
-Each test runs a fresh interpreter, since this process has already imported the frameworks.
+Each import test runs a fresh interpreter, since this process has already imported the frameworks.
 """
 
 from __future__ import annotations
 
+import ast
+import configparser
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 
+import ckptschema
+
 FRAMEWORKS = ("flax", "haiku", "objax", "optax", "equinox")
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ckptschema"
+#: Distributions whose import name differs from their name.
+_DISTRIBUTION = {"haiku": "dm-haiku", "orbax": "orbax-checkpoint"}
+_FRAMEWORK_DISTRIBUTIONS = {"flax", "dm-haiku", "objax", "orbax-checkpoint", "equinox", "optax"}
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +116,75 @@ def test_loading_flax_manifest_without_flax_names_the_extra(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "install it with: pip install 'ckptschema[flax]'"
+
+
+@pytest.mark.slow
+def test_import_alone_loads_no_framework_and_not_the_safetensors_bindings():
+    result = _run(
+        f"""
+        import sys, ckptschema
+        print(sorted(m for m in (*{FRAMEWORKS!r}, "orbax", "safetensors", "fsspec") if m in sys.modules))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert match is not None, requirement
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower()
+
+
+def _imported_distributions() -> set[str]:
+    found = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for top in {m.partition(".")[0] for m in modules} - {"ckptschema", "__future__"}:
+                if top not in sys.stdlib_module_names:
+                    found.add(_name(_DISTRIBUTION.get(top, top)))
+    return found
+
+
+def test_runtime_dependencies_are_what_the_package_imports():
+    project = _pyproject()["project"]
+    runtime = {_name(r) for r in project["dependencies"]}
+    extras = {_name(r) for group in project["optional-dependencies"].values() for r in group}
+    imported = _imported_distributions()
+    assert runtime <= imported, f"declared but never imported: {sorted(runtime - imported)}"
+    assert imported - runtime <= extras, f"imported but not declared: {sorted(imported - runtime - extras)}"
+    assert "safetensors" not in runtime
+
+
+def _group(groups: dict, name: str) -> set[str]:
+    names = set()
+    for item in groups[name]:
+        names |= _group(groups, item["include-group"]) if isinstance(item, dict) else {_name(item)}
+    return names
+
+
+def test_the_core_tox_env_installs_no_framework():
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    core = tox["testenv:core"]
+    assert core.get("extras", "").strip() == ""
+    groups = _pyproject()["dependency-groups"]
+    installed = set().union(*(_group(groups, g.strip()) for g in core["dependency_groups"].split(",")))
+    assert "pytest" in installed and not installed & _FRAMEWORK_DISTRIBUTIONS
+
+
+def test_the_package_is_typed_and_its_version_written_once():
+    assert (PACKAGE / "py.typed").is_file()
+    project = _pyproject()["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", ckptschema.__version__)

@@ -147,6 +147,14 @@ def test_an_unknown_protocol_is_a_format_error():
         ckptschema.read_manifest("nosuch://x.safetensors")
 
 
+def test_a_missing_object_is_a_file_not_found_error(bucket):
+    url = f"{bucket}/none.safetensors"
+    with pytest.raises(FileNotFoundError) as e:
+        ckptschema.load(url)
+    assert isinstance(e.value, ckptschema.CkptSchemaError)
+    assert (str(e.value), e.value.filename) == (f"{url}: cannot open (no such object)", url)
+
+
 def test_mmap_and_sharding_need_local_paths(bucket):
     url = f"{bucket}/model.safetensors"
     ckptschema.save(url, _tree())
