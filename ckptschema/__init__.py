@@ -29,6 +29,7 @@ from ._errors import ValidationError as ValidationError
 from ._manifest import FORMAT_VERSION as FORMAT_VERSION
 from ._manifest import Manifest as Manifest
 from ._manifest import json_schema as json_schema
+from ._review import Schema as Schema
 from ._validate import Report as Report
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "Issue",
     "Manifest",
     "Report",
+    "Schema",
     "ValidationError",
     "deserialize",
     "dumps",

@@ -21,7 +21,10 @@ import importlib
 import json
 import math
 import os
+import re
+import stat
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,11 +32,11 @@ from . import __version__
 from ._api import load_schema, read_manifest, save, validate
 from ._convert import FORMATS, read_foreign
 from ._dtypes import DTYPES
-from ._errors import CkptSchemaError, Issue
-from ._manifest import Manifest, json_schema
+from ._errors import CkptSchemaError
+from ._manifest import FORMAT_VERSION, Manifest, json_schema
+from ._review import Schema, differences, document_json_schema
 from ._shards import is_sharded
 from ._tree import KeyPart, child_keys, describe, keypath
-from ._validate import compare
 
 __all__ = ["main", "run"]
 
@@ -114,9 +117,41 @@ def _looks_like_json(path: str) -> bool:
     return len(start) == 8 and b"\0" not in start and start.lstrip(b" \t\r\n\xef\xbb\xbf").startswith(b"{")
 
 
-def _read_any(path: str) -> Manifest:
-    """The manifest of a checkpoint, or a schema document (``ckptschema schema`` output)."""
-    return load_schema(path) if not is_sharded(path) and _looks_like_json(path) else read_manifest(path)
+STDIN = "-"
+
+
+def _is_pipe(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _read_any(path: str) -> Manifest | Schema:
+    """The manifest of a checkpoint, or a schema document (a file, ``-`` for stdin, or a pipe).
+
+    A pipe (``<(ckptschema schema ...)``) can only carry a schema document: it is read to its
+    end, up to ``MAX_HEADER_BYTES``. Checkpoints are read from regular files only.
+    """
+    if path == STDIN:
+        return load_schema(sys.stdin.buffer)
+    if not is_sharded(path) and (_is_pipe(path) or _looks_like_json(path)):
+        return load_schema(path)
+    return read_manifest(path)
+
+
+def schema_beside(path: str) -> str:
+    """Where the schema of a checkpoint is kept by convention: beside it, named after it.
+
+    Example:
+        >>> schema_beside("weights/model.safetensors"), schema_beside("ckpt/model.safetensors.index.json")
+        ('weights/model.schema.json', 'ckpt/model.schema.json')
+    """
+    stem = path.rstrip("/") or path
+    for suffix in (".safetensors.index.json", ".safetensors"):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)] + ".schema.json"
+    return stem + ".schema.json"
 
 
 # ------------------------------------------------------------------------------ inspect
@@ -184,7 +219,7 @@ class Inventory:
     """
 
     source: str
-    manifest: Manifest
+    manifest: Manifest | Schema
     root: _Row
     rows: list[_Row]
 
@@ -193,18 +228,18 @@ class Inventory:
         """Read a checkpoint's (or schema document's) manifest; no tensor bytes are read."""
         manifest = _read_any(path)
         rows: list[_Row] = []
-        root = _rows(manifest.data["skeleton"], (), rows)
+        root = _rows(manifest.skeleton, (), rows)  # type: ignore[arg-type]
         if root.is_container and not root.wrappers:
             del rows[0]  # the totals line stands for the root
         return cls(path, manifest, root, rows)
 
     @property
     def heading(self) -> str:
-        checksums = f"{self.manifest.checksum} checksums" if self.manifest.checksum else "no checksums"
-        return (
-            f"{self.source}: {self.manifest.framework} checkpoint, "
-            f"manifest version {self.manifest.version}, {checksums}"
-        )
+        m = self.manifest
+        checksums = f"{m.checksum} checksums" if m.checksum else "no checksums"
+        if isinstance(m, Schema):
+            return f"{self.source}: {m.framework} schema document, {checksums}"
+        return f"{self.source}: {m.framework} checkpoint, manifest version {m.version}, {checksums}"
 
     @property
     def total(self) -> str:
@@ -254,7 +289,7 @@ class Inventory:
             nodes.append(entry)
         data = {
             "source": self.source,
-            "version": m.version,
+            "version": m.version if isinstance(m, Manifest) else FORMAT_VERSION,
             "framework": m.framework,
             "separator": m.separator,
             "checksum": m.checksum,
@@ -303,16 +338,36 @@ def _inspect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- schema
 
 
-def _schema(args: argparse.Namespace) -> int:
-    text = read_manifest(args.file).schema_document()
-    if args.output is None:
-        _write(text, machine=True)
-        return OK
+def _write_file(path: str, text: str) -> None:
     try:
-        with open(args.output, "w", encoding="utf-8", newline="\n") as f:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
     except OSError as e:
-        raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from e
+        raise UsageError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def _current(path: str, text: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _schema(args: argparse.Namespace) -> int:
+    if len(args.files) > 1 and not args.beside:
+        raise UsageError("schema: give one FILE, or --beside to write each FILE's schema next to it")
+    for file in args.files:
+        text = read_manifest(file).schema_document(structure_only=args.structure_only)
+        if args.beside:
+            out = schema_beside(file)
+            if not _current(out, text):  # rewritten only when it changed, as pre-commit fixers do
+                _write_file(out, text)
+                _write(f"wrote {out}\n")
+        elif args.output is None:
+            _write(text, machine=True)
+        else:
+            _write_file(args.output, text)
     return OK
 
 
@@ -368,60 +423,49 @@ def load_template(spec: str) -> Any:
             raise UsageError(f"--template: {spec}() raised {type(e).__name__}: {e}") from e
 
 
+def _schema_for(file: str) -> Manifest | Schema:
+    """The schema beside `file` (``validate --beside``), with the command that writes it if missing."""
+    path = schema_beside(file)
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such schema beside {file}; write it with: ckptschema schema {file} -o {path}")
+    return _read_any(path)
+
+
 def _validate(args: argparse.Namespace) -> int:
     against: Any = None
     if args.template is not None:
         against = load_template(args.template)
     elif args.schema is not None:
         against = _read_any(args.schema)  # a schema document, or a reference checkpoint
-    report = validate(args.file, against, deep=args.deep, progress=True)
+    reports = []
+    for file in args.files:
+        report = validate(file, _schema_for(file) if args.beside else against, deep=args.deep, progress=True)
+        reports.append(report)
+        if not args.json:
+            _write(f"{report}\n")
     if args.json:
-        _write(report.to_json() + "\n", machine=True)
-    else:
-        _write(f"{report}\n")
-    return OK if report.ok else FAILED
+        texts = [r.to_json() for r in reports]
+        _write((texts[0] if len(texts) == 1 else "[\n" + ",\n".join(texts) + "\n]") + "\n", machine=True)
+    return OK if all(r.ok for r in reports) else FAILED
 
 
 # --------------------------------------------------------------------------------- diff
 
-_DIFF_KINDS = {"missing": "removed", "unexpected": "added"}
-
-
-def _short_digest(value: str | None) -> str | None:
-    return value[:12] if value and len(value) == 64 else value
-
-
-def differences(a: Manifest, b: Manifest) -> list[dict[str, Any]]:
-    """Everything that differs from `a` to `b`, path by path, in tree order.
-
-    Each difference is ``{"change", "path", "a", "b"}``; ``change`` is ``added``,
-    ``removed``, ``shape``, ``dtype``, ``structure``, ``value``, ``checksum``, or a manifest
-    field (``framework``, ``separator``, ``checksum-algorithm``) with path ``<manifest>``.
-
-    Example:
-        >>> import numpy as np, ckptschema
-        >>> old = ckptschema.manifest_of({"w": np.zeros(3, np.float32)})
-        >>> new = ckptschema.manifest_of({"w": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)})
-        >>> [(d["change"], d["path"], d["a"], d["b"]) for d in differences(old, new)]
-        [('shape', 'w', '(3,)', '(4,)'), ('added', 'b', None, 'float32[4]')]
-    """
-    result = [
-        {"change": field.replace("checksum", "checksum-algorithm"), "path": "<manifest>", "a": x, "b": y}
-        for field, x, y in (
-            ("framework", a.framework, b.framework),
-            ("separator", a.separator, b.separator),
-            ("checksum", a.checksum, b.checksum),
-        )
-        if x != y
-    ]
-    issues: list[Issue] = compare(b.data["skeleton"], a.data["skeleton"], values=True).issues
-    for issue in issues:
-        change = _DIFF_KINDS.get(issue.kind, issue.kind)
-        old, new = issue.expected, issue.found
-        if change == "checksum":
-            old, new = _short_digest(old), _short_digest(new)
-        result.append({"change": change, "path": issue.path, "a": old, "b": new})
-    return result
+#: Changes in the order a Markdown summary counts them.
+_CHANGES = (
+    "added",
+    "removed",
+    "shape",
+    "dtype",
+    "structure",
+    "value",
+    "checksum",
+    "framework",
+    "separator",
+    "checksum-algorithm",
+)
+#: Most rows a Markdown summary lists (a pull-request comment holds at most 65,536 characters).
+MARKDOWN_ROWS = 200
 
 
 def _diff_line(d: dict[str, Any]) -> str:
@@ -434,16 +478,70 @@ def _diff_line(d: dict[str, Any]) -> str:
     return f"  {d['change']:<9} {d['path']}: {detail}"
 
 
+def _md_code(value: str | None) -> str:
+    """`value` as a Markdown code span that is safe in a table cell (empty for None).
+
+    Example:
+        >>> print(_md_code("a|b"), _md_code("x`y"), repr(_md_code(None)))
+        `a\\|b` ``x`y`` ''
+    """
+    if value is None:
+        return ""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
+    text = text.replace("|", "\\|")
+    ticks = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def markdown_summary(a: str, b: str, found: list[dict[str, Any]]) -> str:
+    """A `differences` list as Markdown for a pull-request comment: counts per change, then the paths.
+
+    Example:
+        >>> print(markdown_summary("old.json", "new.json", [{"change": "added", "path": "w", "a": None, "b": "int8[2]"}]))
+        ### ckptschema diff: `old.json` → `new.json`
+        <BLANKLINE>
+        **1 difference**: 1 added
+        <BLANKLINE>
+        | change | path | A | B |
+        |---|---|---|---|
+        | added | `w` |  | `int8[2]` |
+        <BLANKLINE>
+    """
+    title = f"### ckptschema diff: {_md_code(a)} → {_md_code(b)}"
+    if not found:
+        return f"{title}\n\nNo differences.\n"
+    counts = Counter(d["change"] for d in found)
+    n = len(found)
+    summary = ", ".join(f"{counts[c]} {c}" for c in _CHANGES if counts[c])
+    lines = [title, "", f"**{n} difference{'s' if n != 1 else ''}**: {summary}", "", "| change | path | A | B |"]
+    lines.append("|---|---|---|---|")
+    for d in found[:MARKDOWN_ROWS]:
+        lines.append(f"| {d['change']} | {_md_code(d['path'])} | {_md_code(d['a'])} | {_md_code(d['b'])} |")
+    if n > MARKDOWN_ROWS:
+        lines += ["", f"… and {n - MARKDOWN_ROWS} more: run `ckptschema diff` for every one."]
+    return "\n".join(lines) + "\n"
+
+
+def _name_of(arg: str) -> str:
+    return "<stdin>" if arg == STDIN else arg
+
+
 def _diff(args: argparse.Namespace) -> int:
+    if args.a == STDIN and args.b == STDIN:
+        raise UsageError("diff: only one of A and B can be '-' (stdin)")
     found = differences(_read_any(args.a), _read_any(args.b))
+    a, b = _name_of(args.a), _name_of(args.b)
     if args.json:
-        data = {"a": args.a, "b": args.b, "equal": not found, "differences": found}
+        data = {"a": a, "b": b, "equal": not found, "differences": found}
         _write(json.dumps(data, indent=2, ensure_ascii=False) + "\n", machine=True)
+    elif args.markdown:
+        _write(markdown_summary(a, b, found), machine=True)
     elif not found:
-        _write(f"{args.a} vs {args.b}: no differences\n")
+        _write(f"{a} vs {b}: no differences\n")
     else:
         n = len(found)
-        lines = [f"{args.a} vs {args.b}: {n} difference{'s' if n != 1 else ''}", *map(_diff_line, found)]
+        lines = [f"{a} vs {b}: {n} difference{'s' if n != 1 else ''}", *map(_diff_line, found)]
         _write("\n".join(lines) + "\n")
     return FAILED if found else OK
 
@@ -466,7 +564,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _json_schema(args: argparse.Namespace) -> int:
-    _write(json.dumps(json_schema(), indent=2) + "\n", machine=True)
+    schema = document_json_schema() if args.schema_document else json_schema()
+    _write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", machine=True)
     return OK
 
 
@@ -491,15 +590,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="a checkpoint, or a schema document")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command("schema", _schema, "print the checkpoint's schema document (its manifest; no tensor data)")
-    p.add_argument("file", metavar="FILE", help="a checkpoint")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the schema to OUT instead of stdout")
+    p = command("schema", _schema, "print the checkpoint's schema document for review: one line per leaf, sorted")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a checkpoint (several with --beside)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", metavar="OUT", help="write the schema to OUT instead of stdout")
+    out.add_argument(
+        "--beside",
+        action="store_true",
+        help="write each FILE's schema next to it (model.safetensors -> model.schema.json), only if it changed",
+    )
+    p.add_argument(
+        "--structure-only", action="store_true", help="leave out digests and scalar values (architecture reviews)"
+    )
 
-    p = command("validate", _validate, "check a checkpoint against a schema or a template; print every problem")
-    p.add_argument("file", metavar="FILE", help="a checkpoint")
+    p = command("validate", _validate, "check checkpoints against a schema or a template; print every problem")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a checkpoint (or several)")
     against = p.add_mutually_exclusive_group()
     against.add_argument(
-        "--schema", metavar="S", help="a schema document written by 'ckptschema schema' (or a reference checkpoint)"
+        "--schema",
+        metavar="S",
+        help="a schema document written by 'ckptschema schema' ('-' for stdin, or a pipe), or a reference checkpoint",
     )
     against.add_argument(
         "--template",
@@ -507,13 +617,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a function (importable from the current directory) returning a template pytree, "
         "e.g. jax.eval_shape of an init function",
     )
+    against.add_argument(
+        "--beside", action="store_true", help="check each FILE against the schema next to it (model.schema.json)"
+    )
     p.add_argument("--deep", action="store_true", help="also re-hash every tensor and compare with its checksum")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("diff", _diff, "compare two checkpoints or schema documents path by path")
-    p.add_argument("a", metavar="A", help="a checkpoint or schema document")
-    p.add_argument("b", metavar="B", help="a checkpoint or schema document")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("a", metavar="A", help="a checkpoint or schema document ('-' for stdin, or a pipe)")
+    p.add_argument("b", metavar="B", help="a checkpoint or schema document ('-' for stdin, or a pipe)")
+    style = p.add_mutually_exclusive_group()
+    style.add_argument("--json", action="store_true", help="machine-readable output")
+    style.add_argument("--markdown", action="store_true", help="a Markdown summary for a pull-request comment")
 
     p = command("convert", _convert, "rewrite a checkpoint written by another tool as a ckptschema checkpoint")
     p.add_argument("src", metavar="SRC", help="the other tool's checkpoint (a file, or an orbax directory)")
@@ -526,7 +641,10 @@ def _parser() -> argparse.ArgumentParser:
         "(its keys kept as they are), anything else flax-msgpack",
     )
 
-    command("json-schema", _json_schema, "print the JSON Schema of the manifest format")
+    p = command("json-schema", _json_schema, "print the JSON Schema of the manifest format")
+    p.add_argument(
+        "--schema-document", action="store_true", help="the JSON Schema of the schema document format instead"
+    )
     return parser
 
 
