@@ -37,7 +37,7 @@ from typing import Any, Final
 from ._dtypes import ALL_DTYPE_NAMES
 from ._errors import FormatError, Issue
 from ._limits import MAX_DEPTH, MAX_NODES
-from ._manifest import Manifest, _short, json_schema, parse_manifest, strict_json
+from ._manifest import _SCALAR_CHECKS, Manifest, _short, json_schema, parse_manifest, strict_json
 from ._tree import KeyPart, child_keys
 from ._validate import compare
 
@@ -269,6 +269,8 @@ def _parse_leaf(text: str, path: Path, separator: str, values: bool) -> dict[str
         value = int(shown) if _CANONICAL_INT.fullmatch(shown) else shown
     elif kind == "str":
         value = json.loads(shown) if shown.startswith('"') else None
+    if not _SCALAR_CHECKS[kind](value):
+        raise ValueError(f"{shown!r} is not a {kind} value")
     return {"kind": "scalar", "type": kind, "value": value}
 
 
