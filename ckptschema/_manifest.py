@@ -292,7 +292,8 @@ class Manifest(BaseModel):
 
         Example:
             >>> import numpy as np, ckptschema
-            >>> print(ckptschema.manifest_of({"n": 1, "b": np.zeros(2, np.int8)}, checksum=None).schema_document(), end="")
+            >>> manifest = ckptschema.manifest_of({"n": 1, "b": np.zeros(2, np.int8)}, checksum=None)
+            >>> print(manifest.schema_document(), end="")
             {
               "ckptschema_schema": 2,
               "/b": "int8[2]",

@@ -23,7 +23,7 @@ line. Other names are **leaves**: ``dtype[shape]`` with an optional ``sha256:`` 
 
 A document converts back into the manifest skeleton `validate` compares with (dict keys in
 path order: comparisons match keys, never positions), so it keeps every check the manifest
-does. `Schema` is that conversion; `differences` compares two of them path by path.
+does. `Schema` is that conversion (paths are spelled by `_paths`).
 """
 
 from __future__ import annotations
@@ -35,20 +35,18 @@ from collections import defaultdict
 from typing import Any, Final
 
 from ._dtypes import ALL_DTYPE_NAMES
-from ._errors import FormatError, Issue
+from ._errors import FormatError
 from ._limits import MAX_DEPTH, MAX_NODES
 from ._manifest import _SCALAR_CHECKS, Manifest, _short, json_schema, parse_manifest, strict_json
+from ._paths import CANONICAL_INT, Path, parse_name, part_key, sort_key, spell_path
 from ._tree import KeyPart, child_keys
-from ._validate import compare
 
-__all__ = ["DOCUMENT_VERSION", "Schema", "differences", "document_json_schema", "parse_schema", "spell_path"]
+__all__ = ["DOCUMENT_VERSION", "Schema", "document_json_schema", "parse_schema"]
 
 #: The schema document format this release writes (today's manifest-shaped documents are 1).
 DOCUMENT_VERSION: Final = 2
 
 _HEADER = ("framework", "separator", "checksum", "structure_only")
-_INT_LIKE = re.compile(r"[+-]?[0-9]+")
-_CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _BARE_TYPE = re.compile(r'[^\s"]+')
 _DTYPES = "|".join(sorted(ALL_DTYPE_NAMES, key=lambda n: (-len(n), n)))
 _TENSOR = re.compile(rf"({_DTYPES})\[((?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*)?\](?: sha256:([0-9a-f]{{64}}))?")
@@ -63,81 +61,6 @@ _LEAF_VALUE = (
 )
 #: What a scalar is checked with while a structure-only document (which has no values) is validated.
 _PLACEHOLDERS = {"bool": False, "int": 0, "float": "0.0", "str": ""}
-Path = tuple[KeyPart, ...]
-
-
-def _spell_part(part: KeyPart) -> str:
-    if isinstance(part, int):
-        return str(part)
-    if part and "/" not in part and "'" not in part and not _INT_LIKE.fullmatch(part):
-        return part
-    return "'" + part.replace("'", "''") + "'"
-
-
-def spell_path(parts: Path) -> str:
-    """A path as a schema document spells it: unambiguous for any str or int keys.
-
-    Example:
-        >>> spell_path(("params", "mlp/~/linear_0", "w")), spell_path(("layers", 0, "0", "it's"))
-        ("/params/'mlp/~/linear_0'/w", "/layers/0/'0'/'it''s'")
-    """
-    return "".join("/" + _spell_part(p) for p in parts)
-
-
-def _read_part(name: str, i: int) -> tuple[KeyPart, int]:
-    """The path part of member `name` starting at `i`, and where it ends."""
-    if name.startswith("'", i):
-        pieces, j = [], i + 1
-        while True:
-            k = name.find("'", j)
-            if k < 0:
-                raise ValueError("a quote is not closed")
-            if name.startswith("''", k):
-                pieces.append(name[j : k + 1])
-                j = k + 2
-                continue
-            if k + 1 < len(name) and name[k + 1] != "/":
-                raise ValueError("a quoted part must be followed by '/' or the end")
-            pieces.append(name[j:k])
-            return "".join(pieces), k + 1
-    k = name.find("/", i)
-    k = len(name) if k < 0 else k
-    token = name[i:k]
-    if not token or "'" in token:
-        raise ValueError("an empty part, or a ' in an unquoted part (quote it: 'it''s')")
-    if _INT_LIKE.fullmatch(token):
-        if not _CANONICAL_INT.fullmatch(token):
-            raise ValueError(f"{token!r} is neither an int in decimal nor a quoted str")
-        return int(token), k
-    return token, k
-
-
-def _parse_name(name: str) -> tuple[Path, bool]:
-    """A member name's path and whether it names the container at that path."""
-    if name in ("", "/"):
-        return (), name == "/"
-    if not name.startswith("/"):
-        raise ValueError("a path must start with '/'")
-    parts: list[KeyPart] = []
-    i = 1
-    while True:
-        part, i = _read_part(name, i)
-        parts.append(part)
-        if i == len(name):
-            return tuple(parts), False
-        if i + 1 == len(name):
-            return tuple(parts), True
-        i += 1
-
-
-def _part_key(part: KeyPart) -> tuple[int, Any]:
-    """Ints before strs, ints by value, strs by code point."""
-    return (0, part) if isinstance(part, int) else (1, part)
-
-
-def _sort_key(entry: tuple[Path, bool, str]) -> tuple[Any, ...]:
-    path, container, _ = entry
-    return tuple(map(_part_key, path)), not container
 
 
 def _type_token(name: str) -> str:
@@ -191,7 +114,7 @@ def _entries(skeleton: dict[str, Any]) -> list[tuple[Path, bool, str]]:
             out.append((path, True, " > ".join(chain)))
         if leaf is not None:
             out.append((path, False, leaf))
-    return sorted(out, key=_sort_key)
+    return sorted(out, key=sort_key)
 
 
 def _parse_type(text: str, i: int) -> tuple[str, int]:
@@ -266,7 +189,7 @@ def _parse_leaf(text: str, path: Path, separator: str, values: bool) -> dict[str
     if kind == "bool":
         value = {"True": True, "False": False}.get(shown, shown)
     elif kind == "int":
-        value = int(shown) if _CANONICAL_INT.fullmatch(shown) else shown
+        value = int(shown) if CANONICAL_INT.fullmatch(shown) else shown
     elif kind == "str":
         value = json.loads(shown) if shown.startswith('"') else None
     if not _SCALAR_CHECKS[kind](value):
@@ -289,7 +212,7 @@ def _ordered(node: dict[str, Any], keys: set[KeyPart], path: Path) -> list[KeyPa
         raise ValueError(f"{spell_path(path)}: a {kind} holds no children")
     if kind == "dict" and len({type(k) for k in keys}) > 1:
         raise ValueError(f"{spell_path(path)}/: a dict mixes int and str keys")
-    return sorted(keys, key=_part_key)
+    return sorted(keys, key=part_key)
 
 
 def _skeleton(entries: dict[str, Any], separator: str, values: bool) -> dict[str, Any]:
@@ -304,7 +227,7 @@ def _skeleton(entries: dict[str, Any], separator: str, values: bool) -> dict[str
         try:
             if not isinstance(text, str):
                 raise ValueError("the value must be a string")
-            path, container = _parse_name(name)
+            path, container = parse_name(name)
             if len(path) > MAX_DEPTH:
                 raise ValueError(f"deeper than MAX_DEPTH={MAX_DEPTH}")
             if container:
@@ -444,7 +367,9 @@ def parse_schema(text: str, where: str) -> Schema:
     if "ckptschema_schema" not in data:
         if "skeleton" in data:  # a document written before version 2: the manifest itself
             return Schema.of(parse_manifest(text, where))
-        raise FormatError(f'{where}: not a schema document (no "ckptschema_schema"); write one with: ckptschema schema FILE')
+        raise FormatError(
+            f'{where}: not a schema document (no "ckptschema_schema"); write one with: ckptschema schema FILE'
+        )
     version = data.pop("ckptschema_schema")
     if type(version) is not int or version < DOCUMENT_VERSION:
         raise FormatError(f"{where}: ckptschema_schema must be {DOCUMENT_VERSION}, found {version!r}")
@@ -499,42 +424,3 @@ def document_json_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
-
-
-_DIFF_KINDS = {"missing": "removed", "unexpected": "added"}
-
-
-def _short_digest(value: str | None) -> str | None:
-    return value[:12] if value and len(value) == 64 else value
-
-
-def differences(a: Manifest | Schema, b: Manifest | Schema) -> list[dict[str, Any]]:
-    """Everything that differs from `a` to `b`, path by path, in tree order.
-
-    Each difference is ``{"change", "path", "a", "b"}``; ``change`` is ``added``,
-    ``removed``, ``shape``, ``dtype``, ``structure``, ``value``, ``checksum``, or a manifest
-    field (``framework``, ``separator``, ``checksum-algorithm``) with path ``<manifest>``.
-    When either side is structure-only, digests, values and the checksum algorithm are not
-    compared.
-
-    Example:
-        >>> import numpy as np, ckptschema
-        >>> old = ckptschema.manifest_of({"w": np.zeros(3, np.float32)})
-        >>> new = ckptschema.manifest_of({"w": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)})
-        >>> [(d["change"], d["path"], d["a"], d["b"]) for d in differences(old, new)]
-        [('shape', 'w', '(3,)', '(4,)'), ('added', 'b', None, 'float32[4]')]
-    """
-    sa, sb = (x if isinstance(x, Schema) else Schema.of(x) for x in (a, b))
-    values = not (sa.structure_only or sb.structure_only)
-    fields = [("framework", sa.framework, sb.framework), ("separator", sa.separator, sb.separator)]
-    if values:
-        fields.append(("checksum-algorithm", sa.checksum, sb.checksum))
-    result = [{"change": field, "path": "<manifest>", "a": x, "b": y} for field, x, y in fields if x != y]
-    issues: list[Issue] = compare(sb.skeleton, sa.skeleton, values=values).issues
-    for issue in issues:
-        change = _DIFF_KINDS.get(issue.kind, issue.kind)
-        old, new = issue.expected, issue.found
-        if change == "checksum":
-            old, new = _short_digest(old), _short_digest(new)
-        result.append({"change": change, "path": issue.path, "a": old, "b": new})
-    return result

@@ -100,7 +100,9 @@ def examples() -> dict[str, str]:
                     "ckptschema validate new-model.safetensors --schema model.schema.json",
                 ),
                 "stdin": _session("ckptschema validate model.safetensors --schema -", stdin=piped),
-                "validate-json": _session("ckptschema validate new-model.safetensors --schema model.schema.json --json"),
+                "validate-json": _session(
+                    "ckptschema validate new-model.safetensors --schema model.schema.json --json"
+                ),
                 "diff-json": _session("ckptschema diff model.schema.json new.schema.json --json"),
             }
         finally:

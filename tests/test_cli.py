@@ -737,3 +737,117 @@ def test_save_and_load_with_progress_draw_bars_on_a_terminal(tmp_path):
     assert "saving big.safetensors" in terminal
     assert "loading big.safetensors" in terminal
     assert "4.0/4.0 MiB" in terminal
+
+
+@pytest.mark.slow
+def test_installed_entry_point_reads_the_schema_from_stdin_and_from_a_pipe(tmp_path):
+    model = saved(tmp_path)
+    cli = _installed()
+    script = f"{cli} schema {model} | {cli} validate {model} --schema - && {cli} diff <({cli} schema {model}) {model}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=_env(), timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines()[0] == f"{model}: ok"
+    assert proc.stdout.splitlines()[1].endswith(f" vs {model}: no differences")
+
+
+# --------------------------------------------------------------------- CI integrations
+
+ROOT = Path(__file__).parent.parent
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env, timeout=60, check=True)
+    return proc.stdout
+
+
+def _sample_repository(path: Path) -> Path:
+    """A git repository that commits its weights with the schema beside them."""
+    path.mkdir()
+    _git(path, "init", "-q")
+    model = saved(path, "model.safetensors")
+    assert main(["schema", model, "--beside"]) == 0
+    _git(path, "add", "-A")
+    _git(path, "commit", "-qm", "weights and their schema")
+    return path
+
+
+def _hook_repository(path: Path) -> Path:
+    """This project as a git repository of its own, as pre-commit clones one."""
+    path.mkdir()
+    for name in ("pyproject.toml", "README.md", ".pre-commit-hooks.yaml"):
+        shutil.copy(ROOT / name, path / name)
+    shutil.copytree(ROOT / "ckptschema", path / "ckptschema", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(path, "init", "-q")
+    _git(path, "add", "-A")
+    _git(path, "commit", "-qm", "hooks")
+    return path
+
+
+@pytest.mark.slow
+def test_pre_commit_hooks_run_with_try_repo_on_a_sample_repository(tmp_path, capsys):
+    hooks = _hook_repository(tmp_path / "hooks")
+    sample = _sample_repository(tmp_path / "sample")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the hooks run the package pre-commit installs
+    env |= {"PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"), "JAX_PLATFORMS": "cpu"}
+
+    def hook(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pre_commit", "try-repo", str(hooks), name, "--all-files", "--color=never"]
+        return subprocess.run(argv, cwd=sample, capture_output=True, text=True, env=env, timeout=900)
+
+    passed = hook("ckptschema-validate")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "weights match the schema beside them....." in passed.stdout and "Passed" in passed.stdout
+
+    saved(sample, "model.safetensors", {**flax_like(), "step": 4})
+    _git(sample, "add", "-A")
+    failed = hook("ckptschema-validate")
+    assert failed.returncode == 1
+    assert (
+        "model.safetensors: 1 problem\n  value (1):\n    step: value int 4 in file, int 3 in schema\n" in failed.stdout
+    )
+
+    rewritten = hook("ckptschema-schema")
+    assert rewritten.returncode == 1
+    assert "files were modified by this hook" in rewritten.stdout and "wrote model.schema.json" in rewritten.stdout
+    _git(sample, "add", "-A")
+    assert hook("ckptschema-validate").returncode == 0
+
+
+@pytest.mark.slow
+def test_github_actions_recipe_runs_on_a_sample_repository(tmp_path):
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "examples" / "github-actions" / "validate-weights.yml").read_text())
+    steps = [step for step in recipe["jobs"]["validate"]["steps"] if "run" in step]
+    assert steps[0]["run"] == "pip install ckptschema"  # installed here already
+    repo = _sample_repository(tmp_path / "repo")
+    base = _git(repo, "rev-parse", "HEAD").strip()
+    new = flax_like(kernel_shape=(3, 5))
+    new["params"]["Dense_2"] = {"bias": np.zeros(2, F32)}
+    assert main(["schema", saved(repo, "model.safetensors", new), "--beside"]) == 0
+    _git(repo, "commit", "-qam", "a wider first layer, and a third one")
+    summary = tmp_path / "summary.md"
+    env = {
+        **_env(),
+        "PATH": f"{os.path.dirname(_installed())}:{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }
+
+    def run_step(step: dict) -> subprocess.CompletedProcess[str]:
+        script = step["run"].replace("${{ github.event.pull_request.base.sha }}", base)
+        assert "${{" not in script
+        argv = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+        return subprocess.run(argv, cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+
+    for step in steps[1:]:
+        proc = run_step(step)
+        assert proc.returncode == 0, (step["name"], proc.stdout, proc.stderr)
+    assert summary.read_text().splitlines()[:3] == [
+        "### ckptschema diff: `base.schema.json` → `model.schema.json`",
+        "",
+        "**3 differences**: 1 added, 2 shape",
+    ]
+    saved(repo, "model.safetensors", {**new, "step": 4})  # weights that are not the reviewed ones
+    assert run_step(steps[1]).returncode == 1

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckptschema
-from ckptschema._review import DOCUMENT_VERSION, _parse_name, document_json_schema, parse_schema, spell_path
+from ckptschema._paths import parse_name, spell_path
+from ckptschema._review import DOCUMENT_VERSION, document_json_schema, parse_schema
 from ckptschema._tree import child_keys, flatten
 
 from .strategies import int_keys, str_keys, trees
@@ -93,9 +94,9 @@ def test_paths_keep_int_and_str_keys_apart_and_quote_what_needs_it():
 @given(st.lists(str_keys | int_keys, max_size=5))
 def test_every_path_reads_back_as_its_parts(parts):
     spelled = spell_path(tuple(parts))
-    assert _parse_name(spelled) == (tuple(parts), False)
-    assert _parse_name(spelled + "/") == (tuple(parts), True)
-    assert [type(p) for p in _parse_name(spelled)[0]] == [type(p) for p in parts]
+    assert parse_name(spelled) == (tuple(parts), False)
+    assert parse_name(spelled + "/") == (tuple(parts), True)
+    assert [type(p) for p in parse_name(spelled)[0]] == [type(p) for p in parts]
 
 
 def test_order_sorts_ints_by_value_and_children_after_their_container():
@@ -153,7 +154,11 @@ def skeletons(draw: st.DrawFn) -> dict[str, Any]:
     """Skeletons of every kind: trees as saved, with wrappers, framework dicts and custom nodes added."""
     metadata = st.dictionaries(
         st.text(max_size=3),
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=3),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=3),
         max_size=2,
     )
     types = st.sampled_from(["flax.core.FrozenDict", "collections.OrderedDict", 'my "odd" type', "pkg.Cls"])
@@ -236,15 +241,23 @@ def test_load_schema_reads_a_stream():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"ckptschema_schema": 3}, "s.json: schema document version 3 is newer than this ckptschema reads (version 2); "
-         "upgrade ckptschema"),
-        ({"/x//y": "int 1"}, 's.json: invalid schema document: "/x//y": an empty part, or a \' in an unquoted part '
-         "(quote it: 'it''s')"),
-        ({"/l/": "list", "/l/1": "int 1"}, "s.json: invalid schema document: /l/: a list's children are at the "
-         "indices 0 to n-1"),
+        (
+            {"ckptschema_schema": 3},
+            "s.json: schema document version 3 is newer than this ckptschema reads (version 2); upgrade ckptschema",
+        ),
+        (
+            {"/x//y": "int 1"},
+            "s.json: invalid schema document: \"/x//y\": an empty part, or a ' in an unquoted part (quote it: 'it''s')",
+        ),
+        (
+            {"/l/": "list", "/l/1": "int 1"},
+            "s.json: invalid schema document: /l/: a list's children are at the indices 0 to n-1",
+        ),
         ({"/w/": "tuple"}, 's.json: invalid schema document: "/w/": both a container and a leaf'),
-        ({"/w": "float32[2] sha256:xyz"}, 's.json: invalid schema document: "/w": \'float32[2] sha256:xyz\' is not '
-         "a tensor, scalar or none"),
+        (
+            {"/w": "float32[2] sha256:xyz"},
+            "s.json: invalid schema document: \"/w\": 'float32[2] sha256:xyz' is not a tensor, scalar or none",
+        ),
         ({"/w": "float32[2]", "/w/x": "int 1"}, "s.json: invalid schema document: /w: a tensor holds no children"),
         ({"/n": "int 03"}, "s.json: invalid schema document: \"/n\": '03' is not a int value"),
         ({"/d/a": "int 1", "/d/0": "int 1"}, "s.json: invalid schema document: /d/: a dict mixes int and str keys"),
@@ -269,7 +282,10 @@ def test_a_structure_only_document_with_a_digest_is_refused():
 
 def test_committed_document_json_schema_is_current():
     """Regenerate with: python -m ckptschema json-schema --schema-document > schemas/schema-doc-v2.schema.json"""
-    assert SCHEMA_FILE.read_text(encoding="utf-8") == json.dumps(document_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    assert (
+        SCHEMA_FILE.read_text(encoding="utf-8")
+        == json.dumps(document_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 @given(skeletons(), st.booleans())
