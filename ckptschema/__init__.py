@@ -32,6 +32,7 @@ from ._errors import ValidationError as ValidationError
 from ._manifest import FORMAT_VERSION as FORMAT_VERSION
 from ._manifest import Manifest as Manifest
 from ._manifest import json_schema as json_schema
+from ._review import Schema as Schema
 from ._safejax import deserialize as deserialize
 from ._safejax import serialize as serialize
 from ._validate import Report as Report
@@ -52,6 +53,7 @@ __all__ = [
     "Issue",
     "Manifest",
     "Report",
+    "Schema",
     "ValidationError",
     "deserialize",
     "dumps",

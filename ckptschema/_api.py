@@ -10,7 +10,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 import jax
 import numpy as np
@@ -20,6 +20,7 @@ from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._limits import MAX_HEADER_BYTES
 from ._manifest import FORMAT_VERSION, Manifest, compact_json, parse_manifest, with_metadata
+from ._review import Schema, parse_schema
 from ._storage import MANIFEST_KEY, Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
 from ._validate import Report, compare, scalar_kind_matches
@@ -939,9 +940,9 @@ def validate(
 
     Args:
         source: the checkpoint (as for `load`), or its bytes.
-        against: what to check it against: None (the file alone), a `Manifest` or the path
-            of a schema document (``ckptschema schema`` output: also compares scalar values
-            and checksums), or a template pytree.
+        against: what to check it against: None (the file alone), a `Schema`, a `Manifest`
+            or the path of a schema document (``ckptschema schema`` output: also compares
+            scalar values and checksums, unless it is structure-only), or a template pytree.
         deep: also re-hash every tensor and compare with the recorded checksums.
         progress: with ``deep``, show a progress bar over the bytes hashed (only when
             stderr is a terminal).
@@ -961,7 +962,7 @@ def validate(
     """
     with _opened(source) as (src, header, manifest):
         if manifest is None:
-            if against is None or isinstance(against, (Manifest, str, os.PathLike)):
+            if against is None or isinstance(against, (Manifest, Schema, str, os.PathLike)):
                 return Report(
                     src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")]
                 )
@@ -980,7 +981,9 @@ def _against(manifest: Manifest, against: Any) -> list[Issue]:
     if isinstance(against, (str, os.PathLike)):
         against = load_schema(against)
     if isinstance(against, Manifest):
-        return compare(root, against.data["skeleton"], against="schema", values=True).issues
+        against = Schema.of(against)
+    if isinstance(against, Schema):
+        return compare(root, against.skeleton, against="schema", values=not against.structure_only).issues
     expected = flatten(against, manifest.separator, template=True).skeleton
     return compare(root, expected).issues
 
@@ -1007,18 +1010,37 @@ def _tracked(source: Source, header: Header, verb: str, progress: bool) -> conte
     return _progress.reading(source, source.size - header.data_start, f"{verb} {_name(source.name)}", progress)
 
 
-def load_schema(path: PathLike) -> Manifest:
-    """Read a schema document (``ckptschema schema`` output) as a `Manifest`.
+def load_schema(source: PathLike | IO[bytes]) -> Schema:
+    """Read a schema document: ``ckptschema schema`` output, or the manifest JSON older releases wrote.
+
+    Args:
+        source: a path (a regular file, or a pipe such as ``<(...)``, read to its end) or a
+            binary stream such as ``sys.stdin.buffer``.
 
     Raises:
-        FormatError: if it cannot be read or is not a valid manifest.
+        FormatError: if it cannot be read, is larger than ``MAX_HEADER_BYTES``, or is not a
+            valid schema document.
+
+    Example:
+        >>> import io, numpy as np, ckptschema
+        >>> text = ckptschema.manifest_of({"w": np.zeros(3, np.float32)}).schema_document()
+        >>> ckptschema.load_schema(io.BytesIO(text.encode())).skeleton["keys"]
+        ['w']
     """
-    where = os.fspath(path)
+    if isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        try:
+            with open(where, "rb") as f:
+                data = f.read(MAX_HEADER_BYTES + 1)
+        except OSError as e:
+            raise FormatError(f"{where}: cannot read schema ({e.strerror or e})") from e
+    else:
+        where = str(getattr(source, "name", "<stream>"))
+        data = source.read(MAX_HEADER_BYTES + 1)
+    if len(data) > MAX_HEADER_BYTES:
+        raise FormatError(f"{where}: schema document larger than MAX_HEADER_BYTES={MAX_HEADER_BYTES} bytes")
     try:
-        with open(where, encoding="utf-8") as f:
-            text = f.read(MAX_HEADER_BYTES + 1)
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{where}: cannot read schema ({e})") from e
-    if len(text) > MAX_HEADER_BYTES:
-        raise FormatError(f"{where}: schema larger than {MAX_HEADER_BYTES} characters")
-    return parse_manifest(text, where)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{where}: a schema document is UTF-8 JSON text ({e.reason} at byte {e.start})") from e
+    return parse_schema(text, where)

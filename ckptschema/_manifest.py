@@ -303,34 +303,28 @@ class Manifest(BaseModel):
         _check_shape_of_tree(data.get("skeleton"))
         return cls.model_validate(data)
 
-    def schema_document(self) -> str:
-        """The manifest as a stable review document: keys sorted, indented, newline-ended.
+    def schema_document(self, *, structure_only: bool = False) -> str:
+        """The checkpoint's schema document for review: one line per leaf, sorted by path.
+
+        See `ckptschema.Schema`; `structure_only` leaves out digests and scalar values.
 
         Example:
             >>> import numpy as np, ckptschema
-            >>> print(ckptschema.manifest_of({"n": 1}, checksum=None).schema_document(), end="")
+            >>> manifest = ckptschema.manifest_of({"n": 1, "b": np.zeros(2, np.int8)}, checksum=None)
+            >>> print(manifest.schema_document(), end="")
             {
-              "checksum": null,
+              "ckptschema_schema": 2,
+              "/b": "int8[2]",
+              "/n": "int 1",
               "framework": "jax",
               "separator": ".",
-              "skeleton": {
-                "children": [
-                  {
-                    "kind": "scalar",
-                    "type": "int",
-                    "value": 1
-                  }
-                ],
-                "keys": [
-                  "n"
-                ],
-                "kind": "dict",
-                "type": null
-              },
-              "version": 1
+              "checksum": null,
+              "structure_only": false
             }
         """
-        return json.dumps(self.data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        from ._review import Schema  # the review format builds on this module
+
+        return Schema.of(self, structure_only=structure_only).document()
 
 
 def with_metadata(manifest: Manifest, metadata: Mapping[str, str]) -> Manifest:

@@ -298,6 +298,8 @@ def describe(node: dict[str, Any]) -> str:
     kind = node["kind"]
     if kind == "tensor":
         return f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
+    if kind == "scalar" and "value" not in node:  # a structure-only schema records the type alone
+        return f"{node['type']} scalar"
     if kind == "scalar":
         return f"{node['type']} {node['value']!r}" if node["type"] == "str" else f"{node['type']} {node['value']}"
     if kind == "namedtuple":

@@ -16,26 +16,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import __version__
-from ._api import load_schema, read_manifest, save, validate
+from ._api import read_manifest, save, validate
 from ._convert import FORMATS, read_foreign
-from ._dtypes import DTYPES
-from ._errors import CkptSchemaError, Issue
+from ._diff import differences, markdown_summary
+from ._errors import CkptSchemaError
+from ._inventory import STDIN, Inventory, escaped, human_size, read_any
 from ._manifest import Manifest, json_schema
-from ._shards import is_sharded
-from ._tree import KeyPart, child_keys, describe, keypath
-from ._validate import compare
+from ._review import Schema, document_json_schema
 
-__all__ = ["main", "run"]
+__all__ = ["Inventory", "load_template", "main", "run", "schema_beside"]
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -47,21 +44,11 @@ class UsageError(Exception):
 # ------------------------------------------------------------------------------- output
 
 
-def _safe(text: str) -> str:
-    """`text` with every non-printable character but newlines escaped (``\\x1b``)."""
-    if text.isprintable():
-        return text
-    return "\n".join(
-        "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
-        for line in text.split("\n")
-    )
-
-
 def _write(text: str, *, machine: bool = False) -> None:
     """Write to stdout: machine-readable text as UTF-8 bytes whatever the locale, human text escaped."""
     stream = sys.stdout
     if not machine:
-        text = _safe(text)
+        text = escaped(text)
     buffer = getattr(stream, "buffer", None)
     if buffer is None:
         stream.write(text)
@@ -74,217 +61,25 @@ def _write(text: str, *, machine: bool = False) -> None:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"ckptschema: error: {_safe(message)}\n")
+    sys.stderr.write(f"ckptschema: error: {escaped(message)}\n")
     sys.stderr.flush()
-
-
-def _size(nbytes: int) -> str:
-    """Bytes for humans: ``184 B``, ``1.5 KiB``, ``2.0 GiB``.
-
-    Example:
-        >>> _size(184), _size(1536), _size(3 << 30)
-        ('184 B', '1.5 KiB', '3.0 GiB')
-    """
-    if nbytes < 1024:
-        return f"{nbytes} B"
-    value = float(nbytes)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        value /= 1024
-        if value < 1024 or unit == "PiB":
-            break
-    return f"{value:.1f} {unit}"
-
-
-# ------------------------------------------------------------------------- reading files
-
-
-def _looks_like_json(path: str) -> bool:
-    """Whether `path` is a regular file that starts like JSON rather than a safetensors length.
-
-    A safetensors file starts with its header length as 8 little-endian bytes; any header
-    under ``MAX_HEADER_BYTES`` leaves NUL bytes among them, which JSON text never holds.
-    """
-    if not os.path.isfile(path):  # FIFOs and devices are left to the reader, which refuses them
-        return False
-    try:
-        with open(path, "rb") as f:
-            start = f.read(8)
-    except OSError:
-        return False
-    return len(start) == 8 and b"\0" not in start and start.lstrip(b" \t\r\n\xef\xbb\xbf").startswith(b"{")
-
-
-def _read_any(path: str) -> Manifest:
-    """The manifest of a checkpoint, or a schema document (``ckptschema schema`` output)."""
-    return load_schema(path) if not is_sharded(path) and _looks_like_json(path) else read_manifest(path)
 
 
 # ------------------------------------------------------------------------------ inspect
 
 
-@dataclasses.dataclass
-class _Row:
-    """One node of the tree as `inspect` shows it; containers carry their subtree's totals."""
-
-    path: tuple[KeyPart, ...]
-    kind: str
-    type: str
-    shape: tuple[int, ...] | None = None
-    key: str | None = None
-    value: Any = None
-    params: int = 0
-    nbytes: int = 0
-    tensors: int = 0
-    wrappers: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.type} ({', '.join(self.wrappers)})" if self.wrappers else self.type
-
-    @property
-    def is_container(self) -> bool:
-        return self.kind not in ("tensor", "scalar", "none")
-
-
-def _rows(node: dict[str, Any], path: tuple[KeyPart, ...], out: list[_Row]) -> _Row:
-    """Append the rows of `node` and its subtree to `out`, parents first; return its row."""
-    kind = node["kind"]
-    if kind == "wrapper":  # no path part of its own: it annotates the row of what it wraps
-        first = len(out)
-        row = _rows(node["child"], path, out)
-        out[first].wrappers.insert(0, node["type"])
-        return row
-    if kind == "tensor":
-        shape = tuple(node["shape"])
-        params = math.prod(shape)
-        row = _Row(path, kind, node["dtype"], shape, node["key"], params=params, tensors=1)
-        row.nbytes = params * DTYPES[node["dtype"]].numpy.itemsize
-        out.append(row)
-        return row
-    row = _Row(path, kind, describe(node), value=node.get("value"))
-    out.append(row)
-    for key, child in zip(child_keys(node), node.get("children", [])):
-        sub = _rows(child, (*path, key), out)
-        row.params += sub.params
-        row.nbytes += sub.nbytes
-        row.tensors += sub.tensors
-    return row
-
-
-@dataclasses.dataclass
-class Inventory:
-    """What ``ckptschema inspect`` shows: a checkpoint's tree with per-subtree totals.
+def schema_beside(path: str) -> str:
+    """Where the schema of a checkpoint is kept by convention: beside it, named after it.
 
     Example:
-        >>> import numpy as np, ckptschema
-        >>> _ = ckptschema.save(tmp_path / "m.safetensors", {"w": np.zeros((3, 4), np.float32), "step": 3})
-        >>> inv = Inventory.of(str(tmp_path / "m.safetensors"))
-        >>> inv.root.tensors, inv.root.params, inv.root.nbytes
-        (1, 12, 48)
+        >>> schema_beside("weights/model.safetensors"), schema_beside("ckpt/model.safetensors.index.json")
+        ('weights/model.schema.json', 'ckpt/model.schema.json')
     """
-
-    source: str
-    manifest: Manifest
-    root: _Row
-    rows: list[_Row]
-
-    @classmethod
-    def of(cls, path: str) -> Inventory:
-        """Read a checkpoint's (or schema document's) manifest; no tensor bytes are read."""
-        manifest = _read_any(path)
-        rows: list[_Row] = []
-        root = _rows(manifest.data["skeleton"], (), rows)
-        if root.is_container and not root.wrappers:
-            del rows[0]  # the totals line stands for the root
-        return cls(path, manifest, root, rows)
-
-    @property
-    def heading(self) -> str:
-        checksums = f"{self.manifest.checksum} checksums" if self.manifest.checksum else "no checksums"
-        return (
-            f"{self.source}: {self.manifest.framework} checkpoint, "
-            f"manifest version {self.manifest.version}, {checksums}"
-        )
-
-    @property
-    def total(self) -> str:
-        r = self.root
-        exact = f" ({r.nbytes:,} bytes)" if r.nbytes >= 1024 else ""
-        return (
-            f"total: {r.tensors:,} tensor{'s' if r.tensors != 1 else ''}, "
-            f"{r.params:,} parameter{'s' if r.params != 1 else ''}, {_size(r.nbytes)}{exact}"
-        )
-
-    def cells(self, row: _Row) -> list[str]:
-        """The type, shape, params and size cells of a row."""
-        if row.kind == "tensor":
-            return [row.label, str(row.shape), f"{row.params:,}", _size(row.nbytes)]
-        if row.is_container:
-            return [row.label, "", f"{row.params:,}", _size(row.nbytes)]
-        return [row.label, "", "", ""]
-
-    def plain(self) -> str:
-        """Aligned text with full paths, one node a line (what is printed when piped)."""
-        table = [["PATH", "TYPE", "SHAPE", "PARAMS", "SIZE"]]
-        table += [[keypath(r.path), *self.cells(r)] for r in self.rows]
-        widths = [max(len(line[i]) for line in table) for i in range(5)]
-        lines = []
-        for line in table:
-            left = [line[i].ljust(widths[i]) for i in range(3)]
-            right = [line[i].rjust(widths[i]) for i in range(3, 5)]
-            lines.append("  ".join(left + right).rstrip())
-        return f"{self.heading}\n\n" + "\n".join(lines) + f"\n\n{self.total}\n"
-
-    def to_json(self) -> str:
-        """The inventory as JSON; paths as lists keep int keys apart from str keys."""
-        m = self.manifest
-        nodes = []
-        for r in self.rows:
-            entry: dict[str, Any] = {"path": keypath(r.path), "parts": list(r.path), "kind": r.kind}
-            if r.kind == "tensor":
-                entry |= {"key": r.key, "dtype": r.type, "shape": list(r.shape or ())}
-            elif r.kind == "scalar":
-                entry |= {"type": r.type.split(" ", 1)[0], "value": r.value}
-            else:
-                entry["type"] = r.type
-            if r.wrappers:
-                entry["wrappers"] = r.wrappers
-            if r.kind == "tensor" or r.is_container:
-                entry |= {"tensors": r.tensors, "params": r.params, "nbytes": r.nbytes}
-            nodes.append(entry)
-        data = {
-            "source": self.source,
-            "version": m.version,
-            "framework": m.framework,
-            "separator": m.separator,
-            "checksum": m.checksum,
-            "tensors": self.root.tensors,
-            "params": self.root.params,
-            "nbytes": self.root.nbytes,
-            "nodes": nodes,
-        }
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-    def render(self, console: Any) -> None:
-        """Print the tree as a rich table (what a terminal gets) on a `rich.console.Console`."""
-        from rich import box
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=box.SIMPLE_HEAD)
-        table.add_column("path")
-        table.add_column("type")
-        table.add_column("shape")
-        table.add_column("params", justify="right")
-        table.add_column("size", justify="right")
-        for row in self.rows:
-            name = str(row.path[-1]) if row.path else "<root>"
-            indent = "  " * max(len(row.path) - 1, 0)
-            path = Text(_safe(indent + name), style="bold" if row.is_container else "")
-            table.add_row(path, *(Text(_safe(c)) for c in self.cells(row)))
-        console.print(Text(_safe(self.heading)))
-        console.print(table)
-        console.print(Text(self.total))
+    stem = path.rstrip("/") or path
+    for suffix in (".safetensors.index.json", ".safetensors"):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)] + ".schema.json"
+    return stem + ".schema.json"
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -303,16 +98,36 @@ def _inspect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- schema
 
 
-def _schema(args: argparse.Namespace) -> int:
-    text = read_manifest(args.file).schema_document()
-    if args.output is None:
-        _write(text, machine=True)
-        return OK
+def _write_file(path: str, text: str) -> None:
     try:
-        with open(args.output, "w", encoding="utf-8", newline="\n") as f:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
     except OSError as e:
-        raise UsageError(f"{args.output}: cannot write ({e.strerror or e})") from e
+        raise UsageError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def _current(path: str, text: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _schema(args: argparse.Namespace) -> int:
+    if len(args.files) > 1 and not args.beside:
+        raise UsageError("schema: give one FILE, or --beside to write each FILE's schema next to it")
+    for file in args.files:
+        text = read_manifest(file).schema_document(structure_only=args.structure_only)
+        if args.beside:
+            out = schema_beside(file)
+            if not _current(out, text):  # rewritten only when it changed, as pre-commit fixers do
+                _write_file(out, text)
+                _write(f"wrote {out}\n")
+        elif args.output is None:
+            _write(text, machine=True)
+        else:
+            _write_file(args.output, text)
     return OK
 
 
@@ -368,60 +183,33 @@ def load_template(spec: str) -> Any:
             raise UsageError(f"--template: {spec}() raised {type(e).__name__}: {e}") from e
 
 
+def _schema_for(file: str) -> Manifest | Schema:
+    """The schema beside `file` (``validate --beside``), with the command that writes it if missing."""
+    path = schema_beside(file)
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such schema beside {file}; write it with: ckptschema schema {file} -o {path}")
+    return read_any(path)
+
+
 def _validate(args: argparse.Namespace) -> int:
     against: Any = None
     if args.template is not None:
         against = load_template(args.template)
     elif args.schema is not None:
-        against = _read_any(args.schema)  # a schema document, or a reference checkpoint
-    report = validate(args.file, against, deep=args.deep, progress=True)
+        against = read_any(args.schema)  # a schema document, or a reference checkpoint
+    reports = []
+    for file in args.files:
+        report = validate(file, _schema_for(file) if args.beside else against, deep=args.deep, progress=True)
+        reports.append(report)
+        if not args.json:
+            _write(f"{report}\n")
     if args.json:
-        _write(report.to_json() + "\n", machine=True)
-    else:
-        _write(f"{report}\n")
-    return OK if report.ok else FAILED
+        texts = [r.to_json() for r in reports]
+        _write((texts[0] if len(texts) == 1 else "[\n" + ",\n".join(texts) + "\n]") + "\n", machine=True)
+    return OK if all(r.ok for r in reports) else FAILED
 
 
 # --------------------------------------------------------------------------------- diff
-
-_DIFF_KINDS = {"missing": "removed", "unexpected": "added"}
-
-
-def _short_digest(value: str | None) -> str | None:
-    return value[:12] if value and len(value) == 64 else value
-
-
-def differences(a: Manifest, b: Manifest) -> list[dict[str, Any]]:
-    """Everything that differs from `a` to `b`, path by path, in tree order.
-
-    Each difference is ``{"change", "path", "a", "b"}``; ``change`` is ``added``,
-    ``removed``, ``shape``, ``dtype``, ``structure``, ``value``, ``checksum``, or a manifest
-    field (``framework``, ``separator``, ``checksum-algorithm``) with path ``<manifest>``.
-
-    Example:
-        >>> import numpy as np, ckptschema
-        >>> old = ckptschema.manifest_of({"w": np.zeros(3, np.float32)})
-        >>> new = ckptschema.manifest_of({"w": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)})
-        >>> [(d["change"], d["path"], d["a"], d["b"]) for d in differences(old, new)]
-        [('shape', 'w', '(3,)', '(4,)'), ('added', 'b', None, 'float32[4]')]
-    """
-    result = [
-        {"change": field.replace("checksum", "checksum-algorithm"), "path": "<manifest>", "a": x, "b": y}
-        for field, x, y in (
-            ("framework", a.framework, b.framework),
-            ("separator", a.separator, b.separator),
-            ("checksum", a.checksum, b.checksum),
-        )
-        if x != y
-    ]
-    issues: list[Issue] = compare(b.data["skeleton"], a.data["skeleton"], values=True).issues
-    for issue in issues:
-        change = _DIFF_KINDS.get(issue.kind, issue.kind)
-        old, new = issue.expected, issue.found
-        if change == "checksum":
-            old, new = _short_digest(old), _short_digest(new)
-        result.append({"change": change, "path": issue.path, "a": old, "b": new})
-    return result
 
 
 def _diff_line(d: dict[str, Any]) -> str:
@@ -434,16 +222,25 @@ def _diff_line(d: dict[str, Any]) -> str:
     return f"  {d['change']:<9} {d['path']}: {detail}"
 
 
+def _name_of(arg: str) -> str:
+    return "<stdin>" if arg == STDIN else arg
+
+
 def _diff(args: argparse.Namespace) -> int:
-    found = differences(_read_any(args.a), _read_any(args.b))
+    if args.a == STDIN and args.b == STDIN:
+        raise UsageError("diff: only one of A and B can be '-' (stdin)")
+    found = differences(read_any(args.a), read_any(args.b))
+    a, b = _name_of(args.a), _name_of(args.b)
     if args.json:
-        data = {"a": args.a, "b": args.b, "equal": not found, "differences": found}
+        data = {"a": a, "b": b, "equal": not found, "differences": found}
         _write(json.dumps(data, indent=2, ensure_ascii=False) + "\n", machine=True)
+    elif args.markdown:
+        _write(markdown_summary(a, b, found), machine=True)
     elif not found:
-        _write(f"{args.a} vs {args.b}: no differences\n")
+        _write(f"{a} vs {b}: no differences\n")
     else:
         n = len(found)
-        lines = [f"{args.a} vs {args.b}: {n} difference{'s' if n != 1 else ''}", *map(_diff_line, found)]
+        lines = [f"{a} vs {b}: {n} difference{'s' if n != 1 else ''}", *map(_diff_line, found)]
         _write("\n".join(lines) + "\n")
     return FAILED if found else OK
 
@@ -457,7 +254,7 @@ def _convert(args: argparse.Namespace) -> int:
     tensors, params = len(manifest.tensors), manifest.num_params
     _write(
         f"{args.src} ({foreign.format}) -> {args.dst}: {tensors:,} tensor{'s' if tensors != 1 else ''}, "
-        f"{params:,} parameters, {_size(manifest.nbytes)}\n"
+        f"{params:,} parameters, {human_size(manifest.nbytes)}\n"
     )
     return OK
 
@@ -466,7 +263,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _json_schema(args: argparse.Namespace) -> int:
-    _write(json.dumps(json_schema(), indent=2) + "\n", machine=True)
+    schema = document_json_schema() if args.schema_document else json_schema()
+    _write(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", machine=True)
     return OK
 
 
@@ -491,15 +289,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="a checkpoint, or a schema document")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command("schema", _schema, "print the checkpoint's schema document (its manifest; no tensor data)")
-    p.add_argument("file", metavar="FILE", help="a checkpoint")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the schema to OUT instead of stdout")
+    p = command("schema", _schema, "print the checkpoint's schema document for review: one line per leaf, sorted")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a checkpoint (several with --beside)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", metavar="OUT", help="write the schema to OUT instead of stdout")
+    out.add_argument(
+        "--beside",
+        action="store_true",
+        help="write each FILE's schema next to it (model.safetensors -> model.schema.json), only if it changed",
+    )
+    p.add_argument(
+        "--structure-only", action="store_true", help="leave out digests and scalar values (architecture reviews)"
+    )
 
-    p = command("validate", _validate, "check a checkpoint against a schema or a template; print every problem")
-    p.add_argument("file", metavar="FILE", help="a checkpoint")
+    p = command("validate", _validate, "check checkpoints against a schema or a template; print every problem")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a checkpoint (or several)")
     against = p.add_mutually_exclusive_group()
     against.add_argument(
-        "--schema", metavar="S", help="a schema document written by 'ckptschema schema' (or a reference checkpoint)"
+        "--schema",
+        metavar="S",
+        help="a schema document written by 'ckptschema schema' ('-' for stdin, or a pipe), or a reference checkpoint",
     )
     against.add_argument(
         "--template",
@@ -507,13 +316,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a function (importable from the current directory) returning a template pytree, "
         "e.g. jax.eval_shape of an init function",
     )
+    against.add_argument(
+        "--beside", action="store_true", help="check each FILE against the schema next to it (model.schema.json)"
+    )
     p.add_argument("--deep", action="store_true", help="also re-hash every tensor and compare with its checksum")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("diff", _diff, "compare two checkpoints or schema documents path by path")
-    p.add_argument("a", metavar="A", help="a checkpoint or schema document")
-    p.add_argument("b", metavar="B", help="a checkpoint or schema document")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("a", metavar="A", help="a checkpoint or schema document ('-' for stdin, or a pipe)")
+    p.add_argument("b", metavar="B", help="a checkpoint or schema document ('-' for stdin, or a pipe)")
+    style = p.add_mutually_exclusive_group()
+    style.add_argument("--json", action="store_true", help="machine-readable output")
+    style.add_argument("--markdown", action="store_true", help="a Markdown summary for a pull-request comment")
 
     p = command("convert", _convert, "rewrite a checkpoint written by another tool as a ckptschema checkpoint")
     p.add_argument("src", metavar="SRC", help="the other tool's checkpoint (a file, or an orbax directory)")
@@ -526,7 +340,10 @@ def _parser() -> argparse.ArgumentParser:
         "(its keys kept as they are), anything else flax-msgpack",
     )
 
-    command("json-schema", _json_schema, "print the JSON Schema of the manifest format")
+    p = command("json-schema", _json_schema, "print the JSON Schema of the manifest format")
+    p.add_argument(
+        "--schema-document", action="store_true", help="the JSON Schema of the schema document format instead"
+    )
     return parser
 
 

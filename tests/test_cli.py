@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -384,6 +385,222 @@ def test_json_schema_is_the_committed_schema(capsys):
     assert capsys.readouterr().out == committed.read_text(encoding="utf-8")
 
 
+def test_schema_structure_only_has_no_digests_or_values(tmp_path, capsys):
+    assert main(["schema", saved(tmp_path), "--structure-only"]) == 0
+    out = capsys.readouterr().out
+    assert '  "/params/Dense_0/kernel": "float32[3,4]",' in out.splitlines()
+    assert '  "/step": "int",' in out.splitlines() and "sha256:" not in out
+
+
+def test_json_schema_of_the_schema_document_is_the_committed_schema(capsys):
+    committed = Path(__file__).parent.parent / "schemas" / "schema-doc-v2.schema.json"
+    assert main(["json-schema", "--schema-document"]) == 0
+    assert capsys.readouterr().out == committed.read_text(encoding="utf-8")
+
+
+def test_validate_against_a_committed_old_format_schema_passes(tmp_path, capsys):
+    old = Path(__file__).parent / "data" / "model.v1.schema.json"
+    model = saved(tmp_path)
+    assert main(["validate", model, "--schema", str(old)]) == 0
+    assert main(["diff", str(old), model]) == 0
+    assert capsys.readouterr().out == f"{model}: ok\n{old} vs {model}: no differences\n"
+
+
+# ------------------------------------------------------------------ schemas from pipes
+
+
+def _schema_text(model: str) -> bytes:
+    return ckptschema.read_manifest(model).schema_document().encode()
+
+
+def test_validate_reads_the_schema_from_stdin(tmp_path, capsys, monkeypatch):
+    model = saved(tmp_path)
+    changed = saved(tmp_path, "changed.safetensors", flax_like(kernel_shape=(4, 4)))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(_schema_text(model))))
+    assert main(["validate", changed, "--schema", "-"]) == 1
+    assert capsys.readouterr().out == (
+        f"{changed}: 1 problem\n  shape (1):\n    params/Dense_0/kernel: shape (4, 4) in file, (3, 4) in schema\n"
+    )
+
+
+def _fifo_with(tmp_path: Path, data: bytes) -> tuple[str, threading.Thread]:
+    fifo = tmp_path / "schema.pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    return str(fifo), writer
+
+
+def test_validate_reads_the_schema_from_a_pipe(tmp_path, capsys):
+    model = saved(tmp_path)
+    fifo, writer = _fifo_with(tmp_path, _schema_text(model))
+    assert main(["validate", model, "--schema", fifo]) == 0
+    writer.join()
+    assert capsys.readouterr().out == f"{model}: ok\n"
+
+
+def test_diff_reads_a_schema_from_a_pipe(tmp_path, capsys):
+    a = saved(tmp_path)
+    b = saved(tmp_path, "b.safetensors", {**flax_like(), "step": 5})
+    fifo, writer = _fifo_with(tmp_path, _schema_text(a))
+    assert main(["diff", fifo, b]) == 1
+    writer.join()
+    assert capsys.readouterr().out == f"{fifo} vs {b}: 1 difference\n  value     step: int 3 -> int 5\n"
+
+
+def test_a_pipe_that_is_not_a_schema_exits_2(tmp_path, capsys):
+    fifo, writer = _fifo_with(tmp_path, b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    assert main(["inspect", fifo]) == 2
+    writer.join()
+    assert capsys.readouterr().err == (
+        f"ckptschema: error: {fifo}: schema document is not valid JSON (Expecting value: line 1 column 1 (char 0))\n"
+    )
+
+
+def test_diff_cannot_read_stdin_twice(tmp_path, capsys):
+    assert main(["diff", "-", "-"]) == 2
+    assert capsys.readouterr().err == "ckptschema: error: diff: only one of A and B can be '-' (stdin)\n"
+
+
+# ------------------------------------------------------------------------ markdown diff
+
+
+def test_diff_markdown_counts_each_kind_and_lists_the_paths(tmp_path, capsys):
+    new = flax_like(kernel_shape=(3, 5))
+    new["params"]["Dense_2"] = {"bias": np.zeros(2, F32)}
+    a, b = saved(tmp_path, "a.safetensors"), saved(tmp_path, "b.safetensors", new)
+    assert main(["diff", a, b, "--markdown"]) == 1
+    assert capsys.readouterr().out == (
+        f"### ckptschema diff: `{a}` → `{b}`\n\n"
+        "**3 differences**: 1 added, 2 shape\n\n"
+        "| change | path | A | B |\n"
+        "|---|---|---|---|\n"
+        "| shape | `params/Dense_0/kernel` | `(3, 4)` | `(3, 5)` |\n"
+        "| shape | `params/Dense_0/bias` | `(4,)` | `(5,)` |\n"
+        "| added | `params/Dense_2/bias` |  | `float32[2]` |\n"
+    )
+
+
+def test_diff_markdown_of_equal_files_says_so(tmp_path, capsys):
+    a, b = saved(tmp_path, "a.safetensors"), saved(tmp_path, "b.safetensors")
+    assert main(["diff", a, b, "--markdown"]) == 0
+    assert capsys.readouterr().out == f"### ckptschema diff: `{a}` → `{b}`\n\nNo differences.\n"
+
+
+def test_diff_markdown_escapes_table_breaking_keys(tmp_path, capsys):
+    a = saved(tmp_path, "a.safetensors", {"x|y\n`": np.zeros(1, F32)})
+    b = saved(tmp_path, "b.safetensors", {})
+    main(["diff", a, b, "--markdown"])
+    assert capsys.readouterr().out.splitlines()[-1] == "| removed | `` x\\|y\\n` `` | `float32[1]` |  |"
+
+
+# ------------------------------------------------------------- beside: the pre-commit hooks
+
+
+def test_schema_beside_writes_each_schema_next_to_its_checkpoint_when_it_changed(tmp_path, capsys):
+    a, b = saved(tmp_path, "a.safetensors"), saved(tmp_path, "b.safetensors")
+    (tmp_path / "b.schema.json").write_text(ckptschema.read_manifest(b).schema_document())
+    assert main(["schema", a, b, "--beside"]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'a.schema.json'}\n"
+    assert (tmp_path / "a.schema.json").read_text() == ckptschema.read_manifest(a).schema_document()
+
+
+def test_schema_of_several_files_needs_beside(tmp_path, capsys):
+    assert main(["schema", saved(tmp_path), saved(tmp_path, "b.safetensors")]) == 2
+    assert capsys.readouterr().err == (
+        "ckptschema: error: schema: give one FILE, or --beside to write each FILE's schema next to it\n"
+    )
+
+
+def test_validate_beside_checks_each_file_against_the_schema_next_to_it(tmp_path, capsys):
+    a, b = saved(tmp_path, "a.safetensors"), saved(tmp_path, "b.safetensors")
+    main(["schema", a, b, "--beside"])
+    saved(tmp_path, "b.safetensors", {**flax_like(), "step": 4})
+    capsys.readouterr()
+    assert main(["validate", a, b, "--beside"]) == 1
+    assert capsys.readouterr().out == (
+        f"{a}: ok\n{b}: 1 problem\n  value (1):\n    step: value int 4 in file, int 3 in schema\n"
+    )
+
+
+def test_validate_beside_without_a_schema_says_how_to_write_it(tmp_path, capsys):
+    model = saved(tmp_path)
+    schema = tmp_path / "model.schema.json"
+    assert main(["validate", model, "--beside"]) == 2
+    assert capsys.readouterr().err == (
+        f"ckptschema: error: {schema}: no such schema beside {model}; "
+        f"write it with: ckptschema schema {model} -o {schema}\n"
+    )
+
+
+# ------------------------------------------------------------------ stable --json reports
+
+
+def test_validate_json_keys_are_stable(tmp_path, capsys):
+    schema = str(tmp_path / "model.schema.json")
+    main(["schema", saved(tmp_path), "-o", schema])
+    changed = saved(tmp_path, "changed.safetensors", flax_like(kernel_shape=(4, 4)))
+    capsys.readouterr()
+    main(["validate", changed, "--schema", schema, "--json"])
+    assert json.loads(capsys.readouterr().out) == {
+        "source": changed,
+        "ok": False,
+        "issues": [
+            {
+                "kind": "shape",
+                "path": "params/Dense_0/kernel",
+                "found": "(4, 4)",
+                "expected": "(3, 4)",
+                "against": "schema",
+            }
+        ],
+    }
+
+
+def test_validate_json_of_several_files_is_an_array(tmp_path, capsys):
+    a, b = saved(tmp_path, "a.safetensors"), saved(tmp_path, "b.safetensors")
+    assert main(["validate", a, b, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"source": a, "ok": True, "issues": []},
+        {"source": b, "ok": True, "issues": []},
+    ]
+
+
+def test_diff_json_of_a_manifest_field_and_a_checksum(tmp_path, capsys):
+    a = saved(tmp_path, "a.safetensors")
+    b = str(tmp_path / "b.safetensors")
+    tree = flax_like()
+    tree["params"]["Dense_1"]["bias"] = np.ones(2, F32)
+    ckptschema.save(b, tree)
+    assert main(["diff", a, b, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["differences"] == [
+        {"change": "framework", "path": "<manifest>", "a": "flax", "b": "jax"},
+        {
+            "change": "checksum",
+            "path": "params/Dense_1/bias",
+            "a": digest(np.zeros(2, F32))[:12],
+            "b": digest(np.ones(2, F32))[:12],
+        },
+    ]
+
+
+# ------------------------------------------------------------------------ the docs
+
+
+def test_ci_docs_show_what_the_commands_print():
+    from .ci_examples import DOCS, PAGES, examples, render
+
+    found = examples()
+    for name in PAGES:
+        page = (DOCS / name).read_text(encoding="utf-8")
+        assert render(page, found) == page, f"docs/{name} is stale: run PYTHONPATH=. python tests/ci_examples.py"
+
+
 # ------------------------------------------------------------------------------- errors
 
 
@@ -520,3 +737,117 @@ def test_save_and_load_with_progress_draw_bars_on_a_terminal(tmp_path):
     assert "saving big.safetensors" in terminal
     assert "loading big.safetensors" in terminal
     assert "4.0/4.0 MiB" in terminal
+
+
+@pytest.mark.slow
+def test_installed_entry_point_reads_the_schema_from_stdin_and_from_a_pipe(tmp_path):
+    model = saved(tmp_path)
+    cli = _installed()
+    script = f"{cli} schema {model} | {cli} validate {model} --schema - && {cli} diff <({cli} schema {model}) {model}"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=_env(), timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines()[0] == f"{model}: ok"
+    assert proc.stdout.splitlines()[1].endswith(f" vs {model}: no differences")
+
+
+# --------------------------------------------------------------------- CI integrations
+
+ROOT = Path(__file__).parent.parent
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env, timeout=60, check=True)
+    return proc.stdout
+
+
+def _sample_repository(path: Path) -> Path:
+    """A git repository that commits its weights with the schema beside them."""
+    path.mkdir()
+    _git(path, "init", "-q")
+    model = saved(path, "model.safetensors")
+    assert main(["schema", model, "--beside"]) == 0
+    _git(path, "add", "-A")
+    _git(path, "commit", "-qm", "weights and their schema")
+    return path
+
+
+def _hook_repository(path: Path) -> Path:
+    """This project as a git repository of its own, as pre-commit clones one."""
+    path.mkdir()
+    for name in ("pyproject.toml", "README.md", ".pre-commit-hooks.yaml"):
+        shutil.copy(ROOT / name, path / name)
+    shutil.copytree(ROOT / "ckptschema", path / "ckptschema", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(path, "init", "-q")
+    _git(path, "add", "-A")
+    _git(path, "commit", "-qm", "hooks")
+    return path
+
+
+@pytest.mark.slow
+def test_pre_commit_hooks_run_with_try_repo_on_a_sample_repository(tmp_path, capsys):
+    hooks = _hook_repository(tmp_path / "hooks")
+    sample = _sample_repository(tmp_path / "sample")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the hooks run the package pre-commit installs
+    env |= {"PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"), "JAX_PLATFORMS": "cpu"}
+
+    def hook(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pre_commit", "try-repo", str(hooks), name, "--all-files", "--color=never"]
+        return subprocess.run(argv, cwd=sample, capture_output=True, text=True, env=env, timeout=900)
+
+    passed = hook("ckptschema-validate")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "weights match the schema beside them....." in passed.stdout and "Passed" in passed.stdout
+
+    saved(sample, "model.safetensors", {**flax_like(), "step": 4})
+    _git(sample, "add", "-A")
+    failed = hook("ckptschema-validate")
+    assert failed.returncode == 1
+    assert (
+        "model.safetensors: 1 problem\n  value (1):\n    step: value int 4 in file, int 3 in schema\n" in failed.stdout
+    )
+
+    rewritten = hook("ckptschema-schema")
+    assert rewritten.returncode == 1
+    assert "files were modified by this hook" in rewritten.stdout and "wrote model.schema.json" in rewritten.stdout
+    _git(sample, "add", "-A")
+    assert hook("ckptschema-validate").returncode == 0
+
+
+@pytest.mark.slow
+def test_github_actions_recipe_runs_on_a_sample_repository(tmp_path):
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "examples" / "github-actions" / "validate-weights.yml").read_text())
+    steps = [step for step in recipe["jobs"]["validate"]["steps"] if "run" in step]
+    assert steps[0]["run"] == "pip install ckptschema"  # installed here already
+    repo = _sample_repository(tmp_path / "repo")
+    base = _git(repo, "rev-parse", "HEAD").strip()
+    new = flax_like(kernel_shape=(3, 5))
+    new["params"]["Dense_2"] = {"bias": np.zeros(2, F32)}
+    assert main(["schema", saved(repo, "model.safetensors", new), "--beside"]) == 0
+    _git(repo, "commit", "-qam", "a wider first layer, and a third one")
+    summary = tmp_path / "summary.md"
+    env = {
+        **_env(),
+        "PATH": f"{os.path.dirname(_installed())}:{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(summary),
+    }
+
+    def run_step(step: dict) -> subprocess.CompletedProcess[str]:
+        script = step["run"].replace("${{ github.event.pull_request.base.sha }}", base)
+        assert "${{" not in script
+        argv = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+        return subprocess.run(argv, cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+
+    for step in steps[1:]:
+        proc = run_step(step)
+        assert proc.returncode == 0, (step["name"], proc.stdout, proc.stderr)
+    assert summary.read_text().splitlines()[:3] == [
+        "### ckptschema diff: `base.schema.json` → `model.schema.json`",
+        "",
+        "**3 differences**: 1 added, 2 shape",
+    ]
+    saved(repo, "model.safetensors", {**new, "step": 4})  # weights that are not the reviewed ones
+    assert run_step(steps[1]).returncode == 1

@@ -155,7 +155,15 @@ def test_schema_document_is_sorted_and_stable():
     tree = {"b": np.ones(2, np.float32), "a": 1}
     first = ckptschema.manifest_of(tree).schema_document()
     assert first == ckptschema.manifest_of(tree).schema_document()
-    assert list(json.loads(first)) == ["checksum", "framework", "separator", "skeleton", "version"]
+    assert list(json.loads(first)) == [
+        "ckptschema_schema",
+        "/a",
+        "/b",
+        "framework",
+        "separator",
+        "checksum",
+        "structure_only",
+    ]
 
 
 def test_model_is_strict_about_types():
