@@ -18,8 +18,16 @@ import numpy as np
 from . import _containers, _progress, _remote, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
-from ._limits import MAX_HEADER_BYTES
-from ._manifest import FORMAT_VERSION, Manifest, compact_json, parse_manifest, with_metadata
+from ._limits import MAX_HEADER_BYTES, check_header_bytes, check_tensors
+from ._manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    check_json_text,
+    compact_json,
+    parse_manifest,
+    short_error,
+    with_metadata,
+)
 from ._review import Schema, parse_schema
 from ._storage import MANIFEST_KEY, Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
@@ -78,6 +86,7 @@ class _Plan:
         self.metadata = _user_metadata(metadata, self.framework)
         self.checksum = checksum
         self._pieces: list[bytes] | None = None
+        self._first: bytes | None = None
         self.data: dict[str, Any] = {
             "version": FORMAT_VERSION,
             "framework": self.framework,
@@ -91,18 +100,57 @@ class _Plan:
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
         ]
+        self.placeholders = [_storage.PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
 
     @functools.cached_property
     def entries(self) -> str:
         """The tensor part of a single-file header (`_storage.entries_json`); shards make their own."""
         return _storage.entries_json(self.layout)
 
-    def manifest(self) -> Manifest:
-        """The validated manifest; a tree it cannot describe is refused here."""
+    def check(self, where: str, max_shard_bytes: int | None = None) -> None:
+        """Refuse, before anything is written, a tree whose file a reader would refuse.
+
+        The manifest is validated as a reader validates it, and every reader limit is
+        checked on the very text that will be written (with placeholder digests, which
+        have the real digests' length), through the reader's own check functions.
+
+        Raises:
+            CkptSchemaError: one line naming `where`, the problem and, for a limit, the limit.
+        """
+        self.set_digests(self.placeholders)
+        hint = ""
         try:
-            return Manifest.from_data(self.data)
+            Manifest.from_data(self.data)
+            check_tensors(len(self.nodes))
+            manifest_text = compact_json(self.data)
+            check_json_text(manifest_text, "manifest")
+            hint = _HEADER_HINT
+            if max_shard_bytes is None:
+                self._first = self.header(self.placeholders)
+                _check_header(self._first)
+            else:
+                self._check_sharded(manifest_text, max_shard_bytes)
         except ValueError as e:
-            raise CkptSchemaError(f"this tree cannot be described by a manifest: {e}") from e
+            raise CkptSchemaError(f"{where}: cannot save: {short_error(e)}{hint}") from e
+
+    def _check_sharded(self, manifest_text: str, max_shard_bytes: int) -> None:
+        """`check` for a sharded save: the index and every shard's header."""
+        groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
+        name = _shards.shard_name(len(groups), len(groups), _storage.PLACEHOLDER_DIGEST[:8])
+        weight_map: dict[str, str] = {}
+        for group in groups:
+            _check_header(_storage.header_bytes(_storage.entries_json(self.layout[i] for i in group), self.metadata))
+            weight_map.update((self.nodes[i]["key"], name) for i in group)
+        index = io.BytesIO()
+        _shards.write_index(index, manifest_text, sum(a.nbytes for a in self.arrays), weight_map)
+        check_header_bytes(len(index.getvalue()), "index")
+        check_json_text(index.getvalue().decode("utf-8"), "index")
+
+    def manifest(self) -> Manifest:
+        """The manifest, digests included, built without validating it again: `check` has
+        validated this very data with placeholder digests, and real digests differ only in
+        their hex digits."""
+        return Manifest.model_construct(**self.data)
 
     def set_digests(self, digests: list[str | None]) -> None:
         for node, digest in zip(self.nodes, digests):
@@ -113,10 +161,13 @@ class _Plan:
         """The header bytes for these digests.
 
         A checksummed save asks twice: with placeholders, to fix the header's length before
-        any data is written, then with the real digests. The manifest is rendered once:
-        the second header puts the digests where the first has its placeholders (once per
-        tensor, in file order), or is rendered again if a user string held the same bytes.
+        any data is written (`check` has already rendered that one), then with the real
+        digests. The manifest is rendered once: the second header puts the digests where
+        the first has its placeholders (once per tensor, in file order), or is rendered
+        again if a user string held the same bytes.
         """
+        if self._first is not None and digests == self.placeholders:
+            return self._first
         pieces = self._pieces
         if pieces is not None and len(pieces) == len(digests) + 1 and None not in digests:
             marked = [_DIGEST_FIELD + d.encode() for d in digests]  # type: ignore[union-attr]
@@ -128,11 +179,23 @@ class _Plan:
         return header
 
     def write(self, out: Any) -> Manifest:
-        """Stream the file into `out`; the manifest is validated before the caller commits it."""
+        """Stream the file into `out`."""
         digests = _storage.write_file(out, self.header, self.arrays, hashes=self.checksum is not None)
         self.set_digests(digests)
         return self.manifest()
 
+
+def _check_header(header: bytes) -> None:
+    """The reader's limits on a length-prefixed header about to be written."""
+    check_header_bytes(len(header) - 8)
+    check_json_text(header[8:].decode("utf-8"), "header")
+
+
+#: What to do about a header or index over its limit (a sharded index holds the same manifest: no help).
+_HEADER_HINT = (
+    " (readers refuse larger ones); each tensor takes about 220 bytes plus twice its key, so use shorter keys "
+    "or separator=, checksum=None (80 bytes less per tensor), or several checkpoints"
+)
 
 #: How a tensor's digest field reads inside the header (the manifest is a JSON string there).
 _DIGEST_FIELD = b'\\"digest\\":\\"'
@@ -196,10 +259,14 @@ def save(
         ['params.Dense_0.bias', 'params.Dense_0.kernel']
     """
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    where = os.fspath(path)
     if max_shard_size is not None:
         if _remote.is_url(path):
             raise CkptSchemaError(f"{path}: sharded saves (max_shard_size=) go to local directories only")
-        return _save_sharded(path, plan, _shards.parse_size(max_shard_size), progress)
+        max_bytes = _shards.parse_size(max_shard_size)
+        plan.check(where, max_bytes)
+        return _save_sharded(path, plan, max_bytes, progress)
+    plan.check(where)
     if _remote.is_url(path):
         return _save_remote(path, plan)  # type: ignore[arg-type]
     try:
@@ -250,6 +317,7 @@ def dumps(
     if max_shard_size is not None:
         raise CkptSchemaError("dumps makes one file's bytes; max_shard_size= needs save() and a directory")
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    plan.check("<bytes>")
     out = io.BytesIO()
     with _progress.writing(out, sum(a.nbytes for a in plan.arrays), "saving <bytes>", progress) as tracked:
         plan.write(tracked)
@@ -287,6 +355,7 @@ def manifest_of(
     plan = _Plan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     if max_shard_size is not None:
         _shards.parse_size(max_shard_size)
+    plan.check("<manifest_of>")
     plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
     return with_metadata(plan.manifest(), plan.metadata)
 

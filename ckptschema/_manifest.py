@@ -35,7 +35,16 @@ from typing_extensions import TypedDict
 from . import _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
-from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_NODES, MAX_RANK
+from ._limits import (
+    MAX_FIELDS,
+    MAX_INT_DIGITS,
+    MAX_NODES,
+    MAX_RANK,
+    check_depth,
+    check_int_text,
+    check_json_values,
+    check_nodes,
+)
 
 __all__ = ["FORMAT_VERSION", "Manifest", "TensorInfo", "json_schema", "parse_manifest", "strict_json", "with_metadata"]
 
@@ -59,9 +68,9 @@ class TensorNode(TypedDict):
     digest: NotRequired[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 
 
-def _is_float_repr(text: str) -> bool:
+def _is_float_text(text: str) -> bool:
     try:
-        return repr(float(text)) == text
+        return _tree.float_text(_tree.float_value(text)) == text
     except ValueError:
         return False
 
@@ -70,7 +79,7 @@ _SCALAR_CHECKS = {
     "bool": lambda v: type(v) is bool,
     "int": lambda v: type(v) is int,
     "str": lambda v: type(v) is str,
-    "float": lambda v: type(v) is str and _is_float_repr(v),
+    "float": lambda v: type(v) is str and _is_float_text(v),
 }
 
 
@@ -81,7 +90,8 @@ def _scalar_value_matches(node: dict[str, Any]) -> dict[str, Any]:
 
 
 class ScalarNode(TypedDict):
-    """A Python scalar leaf kept in the manifest; floats are stored as their exact repr."""
+    """A Python scalar leaf kept in the manifest; a float is its repr, or ``nan:0x`` and its 16 hex digits of bits
+    for a NaN other than ``float("nan")``."""
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["scalar"]
@@ -300,7 +310,7 @@ class Manifest(BaseModel):
         Raises:
             ValueError: (a Pydantic ``ValidationError`` among them) if it is not a valid manifest.
         """
-        _check_shape_of_tree(data.get("skeleton"))
+        check_skeleton(data.get("skeleton"))
         return cls.model_validate(data)
 
     def schema_document(self, *, structure_only: bool = False) -> str:
@@ -333,17 +343,23 @@ def with_metadata(manifest: Manifest, metadata: Mapping[str, str]) -> Manifest:
     return manifest
 
 
-def _check_shape_of_tree(skeleton: Any) -> None:
-    """Bound depth and node count before the recursive validators see the data."""
+def check_skeleton(skeleton: Any) -> None:
+    """Bound node count (`MAX_NODES`) and depth (`MAX_DEPTH`) before the recursive validators see the data.
+
+    The one check of both limits: the reader runs it on a parsed manifest and `save` on
+    the skeleton it is about to write. The root is depth 0; every child, a wrapper's child
+    included, is one deeper.
+
+    Raises:
+        LimitError: naming the limit.
+    """
     count = 0
     stack = [(skeleton, 0)]
     while stack:
         node, depth = stack.pop()
         count += 1
-        if count > MAX_NODES:
-            raise ValueError(f"skeleton has more than MAX_NODES={MAX_NODES} nodes")
-        if depth > MAX_DEPTH:
-            raise ValueError(f"skeleton is deeper than MAX_DEPTH={MAX_DEPTH}")
+        check_nodes(count)
+        check_depth(depth)
         if not isinstance(node, dict):
             continue
         children = node.get("children")
@@ -351,7 +367,7 @@ def _check_shape_of_tree(skeleton: Any) -> None:
             stack.extend((c, depth + 1) for c in children)
         child = node.get("child")
         if child is not None:
-            stack.append((child, depth))
+            stack.append((child, depth + 1))
 
 
 def compact_json(data: Any) -> str:
@@ -369,21 +385,46 @@ def compact_json(data: Any) -> str:
         return text
 
 
-def strict_json(text: str, what: str, max_objects: int) -> Any:
-    """Parse JSON, refusing duplicate keys, NaN/Infinity, lone surrogates, nesting beyond the
-    interpreter's recursion guard, and documents with more than `max_objects` objects or
-    `MAX_JSON_VALUES` values.
+def check_json_text(text: str, what: str) -> None:
+    """Refuse JSON text that `strict_json` would refuse for a limit, without parsing it when it need not.
 
-    The value count is bounded before parsing, so a small hostile document cannot expand
-    into gigabytes of Python objects: JSON text of n characters holds at most (n + 1) / 2
-    values, and longer text is bounded by C-speed counts of ``,``, ``[`` and ``{`` (which can
-    only over-count). Text in the compact form ckptschema writes (`compact_json`)
+    What `save` runs on the manifest and header it is about to write: the same value bound
+    (`check_json_values`) and integer bound (`MAX_INT_DIGITS`) as the reader, through
+    the same functions.
+
+    Raises:
+        ValueError: naming the limit.
+    """
+    check_json_values(text, what)
+    if _may_hold_long_int(text.encode("utf-8", "surrogatepass")):
+        _strict_slow(text, what, max_objects=len(text), constant=float)
+
+
+#: Maps every ASCII digit to ``0``, so a run of digits is found with one substring search.
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * (MAX_INT_DIGITS + 1)
+
+
+def _may_hold_long_int(encoded: bytes) -> bool:
+    """Whether JSON text has a run of more than `MAX_INT_DIGITS` digits (an integer, or digits in a string)."""
+    return _LONG_RUN in encoded.translate(_DIGITS)
+
+
+def strict_json(text: str, what: str, max_objects: int) -> Any:
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, lone surrogates, integers of more
+    than `MAX_INT_DIGITS` digits, nesting beyond the interpreter's recursion guard, and
+    documents with more than `max_objects` objects or `MAX_JSON_VALUES` values.
+
+    The value count is bounded before parsing (`check_json_values`), so a small hostile
+    document cannot expand into gigabytes of Python objects. Text in the compact form
+    ckptschema writes (`compact_json`) with no run of digits longer than `MAX_INT_DIGITS`
     is parsed by pydantic-core's Rust parser and proven free of duplicates by writing it
     back byte for byte: a dropped duplicate could not reappear. Anything else (other
-    spacing, nesting deeper than that parser's 200 levels) takes the standard library's
-    parser with a hook that inspects every object; its nesting is bounded by the
-    interpreter's recursion guard, and every parsed document is then checked structurally
-    (a header entry is three flat fields, a skeleton at most `MAX_DEPTH` levels).
+    spacing, long digit runs, nesting deeper than that parser's 200 levels) takes the
+    standard library's parser with hooks that inspect every object and integer; its
+    nesting is bounded by the interpreter's recursion guard, and every parsed document is
+    then checked structurally (a header entry is three flat fields, a skeleton at most
+    `MAX_DEPTH` levels).
 
     Raises:
         ValueError: with a message saying what was wrong.
@@ -397,18 +438,18 @@ def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, int | Non
     def constant(name: str) -> Any:
         raise ValueError(f"{what} holds {name}, which is not JSON")
 
+    check_json_values(text, what)
     objects = text.count("{")
-    if len(text) >= 2 * MAX_JSON_VALUES and objects + text.count("[") + text.count(",") + 1 > MAX_JSON_VALUES:
-        raise ValueError(f"{what} holds more than MAX_JSON_VALUES={MAX_JSON_VALUES} JSON values")
     if objects <= max_objects:  # an upper bound on the number of objects
         encoded = text.encode("utf-8", "surrogatepass")
-        try:
-            data = from_json(encoded, allow_inf_nan=False)
-        except ValueError:
-            pass
-        else:
-            if to_json(data) == encoded:
-                return data, objects
+        if not _may_hold_long_int(encoded):
+            try:
+                data = from_json(encoded, allow_inf_nan=False)
+            except ValueError:
+                pass
+            else:
+                if to_json(data) == encoded:
+                    return data, objects
     try:
         data = _strict_slow(text, what, max_objects, constant)
         compact_json(data)
@@ -436,7 +477,14 @@ def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
             raise ValueError(f"{what} repeats the key {dup!r}")
         return obj
 
-    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    def integer(digits: str) -> int:
+        try:
+            check_int_text(digits)
+        except ValueError as e:
+            raise ValueError(f"{what} holds {e}") from None
+        return int(digits)
+
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_int=integer)
 
 
 def parse_manifest(text: str, where: str) -> Manifest:
@@ -461,15 +509,17 @@ def parse_manifest(text: str, where: str) -> Manifest:
         )
     try:
         if compact_objects is None or compact_objects > MAX_NODES:
-            # A compact document is nested at most 200 JSON levels (100 skeleton levels,
-            # under MAX_DEPTH) and has fewer nodes than objects: only others need the walk.
-            _check_shape_of_tree(data.get("skeleton"))
+            # A compact document is nested at most 200 JSON levels (so its skeleton is at
+            # most 200 deep, under MAX_DEPTH) and has fewer nodes than objects: only
+            # others need the walk.
+            check_skeleton(data.get("skeleton"))
         return Manifest.model_validate(data)
     except (PydanticValidationError, ValueError, RecursionError) as e:
-        raise FormatError(f"{where}: invalid manifest: {_short(e)}") from e
+        raise FormatError(f"{where}: invalid manifest: {short_error(e)}") from e
 
 
-def _short(error: Exception) -> str:
+def short_error(error: Exception) -> str:
+    """One line for a validation error: Pydantic's first three problems by location, no URL, no input."""
     if isinstance(error, PydanticValidationError):
         first = error.errors(include_url=False, include_input=False)[:3]
         parts = ["/".join(map(str, e["loc"])) + ": " + e["msg"] for e in first]

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import _atomic, _remote, _storage
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
-from ._limits import MAX_HEADER_BYTES, MAX_TENSORS
+from ._limits import LimitError, check_header_bytes, check_tensors
 from ._manifest import strict_json
 from ._storage import MANIFEST_KEY, Entry, FileSource, Header
 
@@ -209,9 +209,10 @@ class ShardedSource:
 def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
     source = FileSource(where)  # refuses what is not a regular file
     try:
-        if source.size > MAX_HEADER_BYTES:
-            raise FormatError(f"{where}: index of {source.size} bytes exceeds MAX_HEADER_BYTES={MAX_HEADER_BYTES}")
+        check_header_bytes(source.size, "index")
         raw = _storage.read_whole(source)
+    except LimitError as e:
+        raise FormatError(f"{where}: {e}") from None
     finally:
         source.close()
     try:
@@ -226,8 +227,10 @@ def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
     metadata, weight_map = index["metadata"], index["weight_map"]
     if not isinstance(metadata, dict) or not isinstance(weight_map, dict):
         raise FormatError(f"{where}: 'metadata' and 'weight_map' must be JSON objects")
-    if len(weight_map) > MAX_TENSORS:
-        raise FormatError(f"{where}: {len(weight_map)} tensors exceed MAX_TENSORS={MAX_TENSORS}")
+    try:
+        check_tensors(len(weight_map))
+    except LimitError as e:
+        raise FormatError(f"{where}: {e}") from None
     for key, name in weight_map.items():
         if not isinstance(name, str) or not _plain_name(name):
             raise FormatError(

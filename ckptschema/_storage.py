@@ -34,7 +34,14 @@ from . import _remote
 from ._atomic import atomic_file as atomic_file
 from ._dtypes import BY_CODE, DType
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError, IntegrityError
-from ._limits import MAX_ELEMENTS, MAX_HEADER_BYTES, MAX_RANK, MAX_TENSORS
+from ._limits import (
+    MAX_ELEMENTS,
+    MAX_RANK,
+    MAX_TENSORS,
+    LimitError,
+    check_header_bytes,
+    check_tensors,
+)
 from ._manifest import compact_json, strict_json
 
 __all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tensor", "write_file"]
@@ -192,8 +199,10 @@ def read_header(source: Source) -> Header:
     prefix = bytearray(8)
     source.read_into(0, memoryview(prefix))
     (length,) = struct.unpack("<Q", prefix)
-    if length > MAX_HEADER_BYTES:
-        raise FormatError(f"{where}: header of {length} bytes exceeds MAX_HEADER_BYTES={MAX_HEADER_BYTES}")
+    try:
+        check_header_bytes(length)
+    except LimitError as e:
+        raise FormatError(f"{where}: {e}") from None
     if 8 + length > source.size:
         raise FormatError(f"{where}: header claims {length} bytes but the file has {source.size - 8} after its length")
     raw = bytearray(length)
@@ -220,8 +229,10 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FormatError(f"{where}: __metadata__ must map strings to strings")
-    if len(header) > MAX_TENSORS:
-        raise FormatError(f"{where}: header lists {len(header)} tensors, above MAX_TENSORS={MAX_TENSORS}")
+    try:
+        check_tensors(len(header))
+    except LimitError as e:
+        raise FormatError(f"{where}: {e}") from None
     entries = {key: _check_entry(key, info, where, data_start) for key, info in header.items()}
     offset = data_start
     for entry in entries.values():  # writers lay tensors out in header order: one pass proves the tiling

@@ -4,7 +4,7 @@ A skeleton node is a dict with a ``kind``:
 
 - ``tensor``: ``key`` (the safetensors key), ``dtype``, ``shape``, and ``digest`` once saved;
 - ``scalar``: a Python ``bool``/``int``/``float``/``str`` kept in the manifest (``type``,
-  ``value``; floats as their exact ``repr`` so NaN, infinities and -0.0 survive JSON);
+  ``value``; floats as text that keeps every bit, see `float_text`);
 - ``none``; ``list`` and ``tuple`` (``children``); ``namedtuple`` (``name``, ``fields``,
   ``children``);
 - ``dict``: ``keys`` (all str or all int, in insertion order), ``children``, and ``type``:
@@ -24,6 +24,8 @@ import collections
 import dataclasses
 import functools
 import keyword
+import re
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,7 +35,7 @@ import numpy as np
 from . import _containers
 from ._dtypes import dtype_of
 from ._errors import CkptSchemaError
-from ._limits import MAX_DEPTH
+from ._limits import LimitError, check_depth, check_int
 
 __all__ = ["Flat", "describe", "flatten", "iter_nodes", "keypath", "rebuild", "unflatten"]
 
@@ -83,6 +85,8 @@ def _key_part(entry: Any) -> KeyPart:
 def _check_key(key: Any, where: tuple[KeyPart, ...]) -> KeyPart:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise CkptSchemaError(f"{keypath(where)}: dict key {key!r} is a {type(key).__name__}; keys must be str or int")
+    if isinstance(key, int):
+        _check_int(key, where)
     if isinstance(key, str):
         try:
             key.encode("utf-8")
@@ -100,9 +104,56 @@ def _dict_keys(items: list[tuple[Any, Any]], where: tuple[KeyPart, ...]) -> list
     return keys
 
 
-def _scalar_node(x: Any) -> dict[str, Any]:
+def _check_int(value: int, where: tuple[KeyPart, ...]) -> None:
+    try:
+        check_int(value)
+    except LimitError as e:
+        raise CkptSchemaError(f"{keypath(where)}: cannot store {e}") from None
+
+
+#: The bits of the one NaN that Python's ``float("nan")`` gives, spelled plain ``nan``.
+_CANONICAL_NAN = 0x7FF8000000000000
+_NAN_BITS = re.compile(r"nan:0x[0-9a-f]{16}")
+
+
+def float_text(x: float) -> str:
+    """How a float scalar is spelled in a manifest: every bit survives.
+
+    Its ``repr``, except for a NaN whose bits are not those of ``float("nan")``
+    (``0x7ff8000000000000``): that is ``nan:0x`` and the 16 lowercase hex digits of its
+    IEEE 754 binary64 bits, sign and payload included.
+
+    Example:
+        >>> float_text(0.1), float_text(float("nan")), float_text(-float("nan"))
+        ('0.1', 'nan', 'nan:0xfff8000000000000')
+    """
+    if x != x:
+        (bits,) = struct.unpack("<Q", struct.pack("<d", x))
+        if bits != _CANONICAL_NAN:
+            return f"nan:0x{bits:016x}"
+    return repr(x)
+
+
+def float_value(text: str) -> float:
+    """The float a manifest spells as `text` (`float_text`); `ValueError` if it spells none.
+
+    Example:
+        >>> float_text(float_value("nan:0x7ff0000000000001"))
+        'nan:0x7ff0000000000001'
+    """
+    if text.startswith("nan:"):
+        if not _NAN_BITS.fullmatch(text):
+            raise ValueError(f"{text!r} is not nan:0x and 16 lowercase hex digits")
+        (value,) = struct.unpack("<d", struct.pack("<Q", int(text[6:], 16)))
+        return value
+    return float(text)
+
+
+def _scalar_node(x: Any, where: tuple[KeyPart, ...]) -> dict[str, Any]:
     kind = type(x).__name__
-    value = repr(x) if kind == "float" else x
+    value = float_text(x) if kind == "float" else x
+    if kind == "int":
+        _check_int(x, where)
     if kind == "str":
         try:
             x.encode("utf-8")
@@ -131,15 +182,17 @@ class _Walker:
         self.frameworks: list[str] = []
 
     def walk(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:
-        if len(path) > MAX_DEPTH:
-            raise CkptSchemaError(f"{keypath(path[:8])}/...: tree deeper than MAX_DEPTH={MAX_DEPTH}")
+        try:
+            check_depth(len(path))  # a wrapper adds depth but no path part: the manifest checks those
+        except LimitError as e:
+            raise CkptSchemaError(f"{keypath(path[:8])}/...: {e}") from None
         cls = type(x)
         if cls in _ARRAY_TYPES and (self.template or cls is not jax.ShapeDtypeStruct):
             return self._tensor(x, path)
         if x is None:
             return {"kind": "none"}
         if cls in _SCALARS:
-            node = _scalar_node(x)
+            node = _scalar_node(x, path)
             if self.template:
                 node["_like"] = x
             return node
@@ -311,7 +364,7 @@ def describe(node: dict[str, Any]) -> str:
 
 def scalar_value(node: dict[str, Any]) -> bool | int | float | str:
     """The Python value of a ``scalar`` node."""
-    return float(node["value"]) if node["type"] == "float" else node["value"]
+    return float_value(node["value"]) if node["type"] == "float" else node["value"]
 
 
 @functools.lru_cache(maxsize=1024)

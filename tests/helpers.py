@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import jax
@@ -44,7 +45,10 @@ def assert_same_tree(got: Any, want: Any, *, same_classes: bool = True, path: st
             assert_same_tree(got[k], want[k], same_classes=same_classes, path=f"{path}/{k}")
     elif want is None or type(want) in (bool, int, float, str):
         assert type(got) is type(want), f"{where}: {type(got).__name__} is not {type(want).__name__}"
-        assert repr(got) == repr(want), f"{where}: {got!r} is not {want!r}"
+        if type(want) is float:  # every bit: NaN sign and payload too
+            assert struct.pack("<d", got) == struct.pack("<d", want), f"{where}: {got!r} has other bits than {want!r}"
+        else:
+            assert got == want, f"{where}: {got!r} is not {want!r}"
     else:
         assert_same_array(got, want, where)
 

@@ -8,12 +8,14 @@ NaN payloads and the Python scalars a manifest keeps.
 from __future__ import annotations
 
 import collections
+import struct
 from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 
 from ckptschema._dtypes import DTYPES
+from ckptschema._limits import MAX_INT_DIGITS
 
 Point = collections.namedtuple("Point", "x y")
 Adam = collections.namedtuple("Adam", "count mu nu")
@@ -58,12 +60,16 @@ str_keys = st.text(
 )
 int_keys = st.integers(-3, 1000)
 
-scalars = (
-    st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
+#: NaNs of every sign and payload (quiet and signalling), as float64 bits give them.
+nans = st.tuples(st.sampled_from([0x7FF, 0xFFF]), st.integers(1, 2**52 - 1)).map(
+    lambda bits: struct.unpack("<d", struct.pack("<Q", bits[0] << 52 | bits[1]))[0]
 )
+floats = st.floats(allow_nan=True, allow_infinity=True) | nans
+
+#: Ints up to the longest a manifest holds (`MAX_INT_DIGITS` digits).
+ints = st.integers(-(2**70), 2**70) | st.sampled_from([10**MAX_INT_DIGITS - 1, -(10**MAX_INT_DIGITS) + 1])
+
+scalars = st.booleans() | ints | floats | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
 
 
 def _dicts(children: st.SearchStrategy[Any]) -> st.SearchStrategy[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 import ckptschema
 from ckptschema._manifest import Manifest, compact_json, parse_manifest, strict_json
+from ckptschema._tree import scalar_value
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / f"manifest-v{ckptschema.FORMAT_VERSION}.schema.json"
 
@@ -62,6 +64,11 @@ def test_newer_version_names_both_versions():
         ({"kind": "namedtuple", "name": "P", "fields": ["_x"], "children": [{"kind": "none"}]}, {}),
         ({"kind": "scalar", "type": "int", "value": True}, {}),
         ({"kind": "scalar", "type": "float", "value": "1e400x"}, {}),
+        ({"kind": "scalar", "type": "float", "value": "nan:0x7ff8000000000000"}, {}),
+        ({"kind": "scalar", "type": "float", "value": "nan:0xFFF8000000000000"}, {}),
+        ({"kind": "scalar", "type": "float", "value": "nan:0x0000000000000001"}, {}),
+        ({"kind": "scalar", "type": "float", "value": "nan:0xfff8"}, {}),
+        ({"kind": "scalar", "type": "float", "value": "-nan"}, {}),
         ({"kind": "none"}, {"framework": "Not A Framework"}),
         ({"kind": "none"}, {"separator": ""}),
         ({"kind": "none"}, {"unknown": 1}),
@@ -78,6 +85,11 @@ def test_newer_version_names_both_versions():
         "private-field",
         "bool-as-int",
         "bad-float",
+        "canonical-nan-spelled-with-bits",
+        "nan-bits-in-uppercase",
+        "nan-bits-of-a-number",
+        "nan-bits-too-short",
+        "minus-nan",
         "framework-pattern",
         "empty-separator",
         "unknown-top-field",
@@ -86,6 +98,12 @@ def test_newer_version_names_both_versions():
 def test_invalid_manifests_are_format_errors(skeleton, fields):
     with pytest.raises(ckptschema.FormatError, match=r"^m.safetensors: invalid manifest: "):
         parse_manifest(json.dumps(_manifest(skeleton, **fields)), "m.safetensors")
+
+
+def test_a_nan_spelled_by_its_bits_parses_to_those_bits():
+    skeleton = {"kind": "scalar", "type": "float", "value": "nan:0xfff0000000000001"}
+    value = parse_manifest(json.dumps(_manifest(skeleton)), "m.safetensors").skeleton["value"]
+    assert struct.pack(">d", scalar_value({"type": "float", "value": value})).hex() == "fff0000000000001"
 
 
 def test_lone_surrogates_are_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ import ckptschema
 from ckptschema._dtypes import jax_can_hold
 
 from .helpers import assert_same_tree
-from .strategies import array_trees, arrays, trees
+from .strategies import array_trees, arrays, floats, nans, trees
 
 
 @contextlib.contextmanager
@@ -74,6 +75,24 @@ def test_file_round_trip_is_exact_for_any_separator(tmp_path_factory, tree, sepa
         ckptschema.save(path, tree, separator=separator)
     assert_same_tree(ckptschema.load(path), tree, same_classes=False)
     assert_same_tree(ckptschema.load(path, template=tree), tree)
+
+
+def _bits(values: list[float]) -> list[bytes]:
+    return [struct.pack("<d", v) for v in values]
+
+
+@given(st.lists(floats, min_size=1, max_size=4) | st.lists(nans, min_size=1, max_size=4))
+def test_float_scalars_keep_every_bit_through_files_and_bytes(tmp_path_factory, values):
+    path = tmp_path_factory.mktemp("f") / "floats.safetensors"
+    ckptschema.save(path, {"x": values})
+    data = ckptschema.dumps({"x": values})
+    for loaded in (
+        ckptschema.load(path),
+        ckptschema.load(path, template={"x": values}),
+        ckptschema.loads(data),
+        ckptschema.loads(data, template={"x": [0.0] * len(values)}),
+    ):
+        assert _bits(loaded["x"]) == _bits(values)
 
 
 @given(arrays())

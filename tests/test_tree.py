@@ -111,7 +111,7 @@ def test_deeper_than_limit_is_refused():
     tree = None
     for _ in range(300):
         tree = [tree]
-    with pytest.raises(CkptSchemaError, match="tree deeper than MAX_DEPTH=256"):
+    with pytest.raises(CkptSchemaError, match="the tree is deeper than MAX_DEPTH=250"):
         flatten(tree)
 
 
