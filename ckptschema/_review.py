@@ -37,7 +37,7 @@ from typing import Any, Final
 from ._dtypes import ALL_DTYPE_NAMES
 from ._errors import FormatError
 from ._limits import MAX_DEPTH, MAX_NODES
-from ._manifest import _SCALAR_CHECKS, Manifest, _short, json_schema, parse_manifest, strict_json
+from ._manifest import _SCALAR_CHECKS, Manifest, json_schema, parse_manifest, short_error, strict_json
 from ._paths import CANONICAL_INT, Path, parse_name, part_key, sort_key, spell_path
 from ._tree import KeyPart, child_keys
 
@@ -390,7 +390,7 @@ def parse_schema(text: str, where: str) -> Schema:
         fields = {"framework": framework, "separator": separator, "checksum": checksum}
         Manifest.from_data({"version": 1, **fields, "skeleton": checked})
     except ValueError as e:  # a Pydantic ValidationError among them
-        raise FormatError(f"{where}: invalid schema document: {_short(e)}") from e
+        raise FormatError(f"{where}: invalid schema document: {short_error(e)}") from e
     if structure_only and checksum is not None:
         raise FormatError(f"{where}: a structure-only document has checksum null")
     return Schema(framework, separator, checksum, skeleton, structure_only)
