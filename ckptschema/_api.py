@@ -248,7 +248,10 @@ def save(
         The `Manifest` written, checksums included.
 
     Raises:
-        CkptSchemaError: for a leaf that cannot be stored, or two leaves whose keys collide.
+        CkptSchemaError: for a leaf that cannot be stored, two leaves whose keys collide, or
+            a file that a reader would refuse (a limit of ``ckptschema._limits``, such as
+            ``MAX_HEADER_BYTES`` or ``MAX_DEPTH``, named in the message): all before any
+            file is created or replaced.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema
