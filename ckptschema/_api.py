@@ -18,7 +18,7 @@ import numpy as np
 from . import _containers, _progress, _remote, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
-from ._limits import MAX_HEADER_BYTES, check_header_bytes, check_tensors
+from ._limits import MAX_HEADER_BYTES, check_header_bytes, check_json_values, check_tensors
 from ._manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -126,7 +126,7 @@ class _Plan:
             check_json_text(manifest_text, "manifest")
             hint = _HEADER_HINT
             if max_shard_bytes is None:
-                self._first = self.header(self.placeholders)
+                self._first = self._render(manifest_text)
                 _check_header(self._first)
             else:
                 self._check_sharded(manifest_text, max_shard_bytes)
@@ -144,7 +144,7 @@ class _Plan:
         index = io.BytesIO()
         _shards.write_index(index, manifest_text, sum(a.nbytes for a in self.arrays), weight_map)
         check_header_bytes(len(index.getvalue()), "index")
-        check_json_text(index.getvalue().decode("utf-8"), "index")
+        check_json_values(index.getvalue().decode("utf-8"), "index")
 
     def manifest(self) -> Manifest:
         """The manifest, digests included, built without validating it again: `check` has
@@ -173,8 +173,11 @@ class _Plan:
             marked = [_DIGEST_FIELD + d.encode() for d in digests]  # type: ignore[union-attr]
             return b"".join(piece for pair in zip(pieces, [*marked, b""]) for piece in pair)
         self.set_digests(digests)
-        header = _storage.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: compact_json(self.data)})
-        if pieces is None and self.checksum is not None:
+        return self._render(compact_json(self.data))
+
+    def _render(self, manifest_text: str) -> bytes:
+        header = _storage.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: manifest_text})
+        if self._pieces is None and self.checksum is not None:
             self._pieces = header.split(_DIGEST_FIELD + _PLACEHOLDER)
         return header
 
@@ -186,9 +189,13 @@ class _Plan:
 
 
 def _check_header(header: bytes) -> None:
-    """The reader's limits on a length-prefixed header about to be written."""
+    """The reader's limits on a length-prefixed header about to be written.
+
+    Its integers are offsets and dimensions, never longer than `MAX_INT_DIGITS` (the
+    manifest's are checked in `check`): of the text checks only the value bound can fail.
+    """
     check_header_bytes(len(header) - 8)
-    check_json_text(header[8:].decode("utf-8"), "header")
+    check_json_values(header[8:].decode("utf-8"), "header")
 
 
 #: What to do about a header or index over its limit (a sharded index holds the same manifest: no help).
@@ -249,7 +256,10 @@ def save(
         The `Manifest` written, checksums included.
 
     Raises:
-        CkptSchemaError: for a leaf that cannot be stored, or two leaves whose keys collide.
+        CkptSchemaError: for a leaf that cannot be stored, two leaves whose keys collide, or
+            a file that a reader would refuse (a limit of ``ckptschema._limits``, such as
+            ``MAX_HEADER_BYTES`` or ``MAX_DEPTH``, named in the message): all before any
+            file is created or replaced.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema

@@ -140,7 +140,7 @@ def test_header_of_max_tensors_tensors_is_read(metadata):
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
-        (False, "<bytes>: header lists 300001 tensors, above MAX_TENSORS=300000"),
+        (False, "<bytes>: 300001 tensors exceed MAX_TENSORS=300000"),
         (True, "<bytes>: header lists more than MAX_TENSORS=300000 tensors"),  # refused before parsing
     ],
     ids=["no-metadata", "metadata"],
