@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from typing_extensions import TypedDict
 
-from . import _tree
+from . import _namedtuples, _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_NODES, MAX_RANK
@@ -115,21 +115,31 @@ class TupleNode(TypedDict):
 
 
 def _valid_namedtuple(node: dict[str, Any]) -> dict[str, Any]:
-    if not _tree.valid_namedtuple(node["name"], node["fields"]):
-        raise ValueError(f"namedtuple {node['name']!r} has an invalid name or invalid or duplicate field names")
+    if not _namedtuples.valid(node["name"], node["fields"]):
+        raise ValueError(
+            f"namedtuple {node['name']!r} has an invalid name or invalid field names, or field names "
+            f"that are equal after Unicode NFKC normalisation"
+        )
     if len(node["fields"]) != len(node["children"]):
         raise ValueError(f"{len(node['fields'])} fields but {len(node['children'])} children")
+    if "module" in node and not _namedtuples.valid_module(node["module"]):
+        raise ValueError(f"namedtuple {node['name']!r} names the module {node['module']!r}, which is not a module name")
     return node
 
 
 class NamedTupleNode(TypedDict):
-    """A namedtuple: rebuilt as a fresh class of this name and fields, never imported."""
+    """A namedtuple: its class name, field names and (optionally) the module defining it.
+
+    Without a template it comes back as that class if it is already imported (never
+    importing anything), else as a fresh class of this name and fields.
+    """
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["namedtuple"]
     name: str
     fields: Annotated[list[str], Field(max_length=MAX_FIELDS)]
     children: _Children
+    module: NotRequired[str]
 
 
 _CheckedNamedTupleNode = Annotated[NamedTupleNode, AfterValidator(_valid_namedtuple)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,6 +149,26 @@ def test_train_state_round_trips_and_training_continues_identically(tmp_path):
     np.testing.assert_array_equal(np.stack(resumed_losses), np.stack(losses))
     jax.tree.map(np.testing.assert_array_equal, resumed.params, continued.params)
     jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, continued.opt_state)
+
+
+def test_train_state_python_step_takes_the_form_of_its_template_leaf(tmp_path):
+    state, _ = _train(_new_state(), 3)
+    ckptschema.flax.save(tmp_path / "state.safetensors", state.replace(step=3))
+    abstract = ckptschema.flax.load(tmp_path / "state.safetensors", template=jax.eval_shape(_new_state))
+    assert isinstance(abstract.step, jax.Array) and abstract.step.dtype == jnp.int32 and abstract.step.weak_type
+    assert int(abstract.step) == 3
+    concrete = ckptschema.flax.load(tmp_path / "state.safetensors", template=_new_state())
+    assert type(concrete.step) is int and concrete.step == 3
+
+
+def test_flax_struct_dataclass_without_fields_loads_through_template(tmp_path):
+    @flax.struct.dataclass
+    class Nothing:
+        pass
+
+    ckptschema.flax.save(tmp_path / "n.safetensors", {"w": jnp.ones(2), "nothing": Nothing()})
+    loaded = ckptschema.flax.load(tmp_path / "n.safetensors", template={"w": jnp.zeros(2), "nothing": Nothing()})
+    assert type(loaded["nothing"]) is Nothing
 
 
 def test_train_state_without_template_says_to_pass_one(tmp_path):
