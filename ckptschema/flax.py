@@ -4,7 +4,9 @@ Importing this module registers flax's containers with the core, so a manifest c
 them and a template-less load can rebuild them:
 
 - ``flax.FrozenDict``: a mapping, rebuilt as a ``FrozenDict`` (plain dicts stay dicts);
-- ``flax.nnx.State``: a mapping whose keys are str, or int under an ``nnx.List``;
+- ``flax.nnx.State``: a mapping whose keys are str, or int under an ``nnx.List``. A State
+  holds its inner levels as plain dicts (what ``nnx.state(model)`` gives); each level is
+  recorded as the State or dict it is, so a load gives back the very same tree structure;
 - ``flax.nnx.Param``, ``flax.nnx.BatchStat``, ... one per built-in nnx ``Variable`` type:
   a wrapper around its value with the variable's JSON-scalar metadata. A wrapper adds no
   part to tensor keys (``layers.0.kernel``, not ``layers.0.kernel.value``).
@@ -64,6 +66,11 @@ def _state(children: Mapping[Any, Any], metadata: Any = None) -> nnx.State:
     return nnx.State(children)
 
 
+def _state_items(state: nnx.State) -> Any:
+    """A State's own entries: its inner levels as stored (plain dicts), not wrapped in new States."""
+    return state.raw_mapping.items()
+
+
 def _unwrap(var: nnx.Variable) -> Any:
     return var.get_value()
 
@@ -112,7 +119,14 @@ register(
         match=_exact(FrozenDict),
         build=_frozen_dict,
     ),
-    Container(name="flax.nnx.State", framework="flax.nnx", kind="dict", match=_exact(nnx.State), build=_state),
+    Container(
+        name="flax.nnx.State",
+        framework="flax.nnx",
+        kind="dict",
+        match=_exact(nnx.State),
+        build=_state,
+        items=_state_items,
+    ),
     *(
         Container(
             name=f"flax.nnx.{name}",

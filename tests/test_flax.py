@@ -247,6 +247,36 @@ def test_nnx_metadata_json_cannot_hold_is_left_out(tmp_path):
     assert metadata["name"] == "w" and "scale" not in metadata and "note" not in metadata
 
 
+def test_nnx_state_without_template_has_the_saved_tree_structure(tmp_path):
+    state = nnx.state(_trained_net())
+    ckptschema.flax.save(tmp_path / "net.safetensors", state)
+    loaded = ckptschema.flax.load(tmp_path / "net.safetensors")
+    assert type(loaded) is nnx.State and type(loaded.raw_mapping["layers"]) is dict
+    assert jax.tree.structure(loaded) == jax.tree.structure(state)
+    jax.tree.map(lambda a, b: None, state, loaded)
+
+
+def test_nnx_state_with_template_has_the_template_tree_structure(tmp_path):
+    ckptschema.flax.save(tmp_path / "net.safetensors", nnx.state(_trained_net()))
+    template = nnx.state(Net(8, nnx.Rngs(1)))
+    loaded = ckptschema.flax.load(tmp_path / "net.safetensors", template=template)
+    assert jax.tree.structure(loaded) == jax.tree.structure(template)
+
+
+def test_nnx_optimizer_state_loads_with_its_tree_structure(tmp_path):
+    optimizer = nnx.Optimizer(_trained_net(), optax.adam(1e-2), wrt=nnx.Param)
+    state = nnx.state(optimizer)
+    ckptschema.flax.save(tmp_path / "opt.safetensors", optimizer)
+    template = nnx.state(nnx.Optimizer(Net(8, nnx.Rngs(1)), optax.adam(1e-2), wrt=nnx.Param))
+    for loaded in (
+        ckptschema.flax.load(tmp_path / "opt.safetensors"),
+        ckptschema.flax.load(tmp_path / "opt.safetensors", template=template),
+        ckptschema.flax.load(tmp_path / "opt.safetensors", template=jax.eval_shape(lambda: template)),
+    ):
+        assert jax.tree.structure(loaded) == jax.tree.structure(state)
+        jax.tree.map(lambda a, b: None, state, loaded)
+
+
 def test_nnx_round_trips_with_abstract_template(tmp_path):
     net = _trained_net()
     ckptschema.flax.save(tmp_path / "net.safetensors", net)
