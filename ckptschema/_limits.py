@@ -32,3 +32,7 @@ MAX_RANK = 64
 
 #: Most fields of one namedtuple or keys of one dict node.
 MAX_FIELDS = 100_000
+
+#: Most entries in one wrapper's metadata. The format's wrappers hold at most four
+#: (`ckptschema._containers.WRAPPER_METADATA`); counted before the entries are validated.
+MAX_METADATA = 64

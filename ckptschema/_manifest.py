@@ -18,6 +18,7 @@ from typing import Annotated, Any, Final, Literal, NotRequired
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FiniteFloat,
@@ -34,7 +35,7 @@ from typing_extensions import TypedDict
 from . import _namedtuples, _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
-from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_NODES, MAX_RANK
+from ._limits import MAX_DEPTH, MAX_FIELDS, MAX_JSON_VALUES, MAX_METADATA, MAX_NODES, MAX_RANK
 
 __all__ = ["FORMAT_VERSION", "Manifest", "TensorInfo", "json_schema", "parse_manifest", "strict_json"]
 
@@ -167,13 +168,27 @@ class DictNode(TypedDict):
 _CheckedDictNode = Annotated[DictNode, AfterValidator(_unique_keys)]
 
 
+def _metadata_size(metadata: Any) -> Any:
+    if isinstance(metadata, dict) and len(metadata) > MAX_METADATA:
+        raise ValueError(f"wrapper metadata has {len(metadata)} entries, more than MAX_METADATA={MAX_METADATA}")
+    return metadata
+
+
 class WrapperNode(TypedDict):
-    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``."""
+    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``.
+
+    Which names are wrappers and which metadata each may hold is checked against the
+    header with the allow-list (`ckptschema._containers.refusal`).
+    """
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["wrapper"]
     type: str
-    metadata: dict[str, str | int | FiniteFloat | bool | None]
+    metadata: Annotated[
+        dict[str, str | int | FiniteFloat | bool | None],
+        Field(max_length=MAX_METADATA),
+        BeforeValidator(_metadata_size),
+    ]
     child: Node
 
 

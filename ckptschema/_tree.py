@@ -10,7 +10,7 @@ A skeleton node is a dict with a ``kind``:
 - ``dict``: ``keys`` (all str or all int, in insertion order), ``children``, and ``type``:
   null for a plain dict, else an allow-listed container such as ``flax.FrozenDict``;
 - ``wrapper``: one ``child`` inside an allow-listed container such as ``flax.nnx.Param``,
-  with JSON-scalar ``metadata``;
+  with the JSON-scalar ``metadata`` its framework documents;
 - ``node``: any other registered pytree node (``type``, ``keys``, ``children``, which may be
   none); it can only be rebuilt through a template.
 
@@ -221,6 +221,10 @@ class _Walker:
         node = {"kind": "wrapper", "type": c.name, "metadata": c.metadata(x), "child": self.walk(c.unwrap(x), path)}
         if self.template:
             node["_like"] = x
+        else:
+            problem = _containers.refusal(node)
+            if problem is not None:
+                raise CkptSchemaError(f"{keypath(path)}: cannot store this {c.name}: it {problem}")
         return node
 
     def _custom(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:

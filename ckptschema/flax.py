@@ -8,8 +8,11 @@ them and a template-less load can rebuild them:
   holds its inner levels as plain dicts (what ``nnx.state(model)`` gives); each level is
   recorded as the State or dict it is, so a load gives back the very same tree structure;
 - ``flax.nnx.Param``, ``flax.nnx.BatchStat``, ... one per built-in nnx ``Variable`` type:
-  a wrapper around its value with the variable's JSON-scalar metadata. A wrapper adds no
-  part to tensor keys (``layers.0.kernel``, not ``layers.0.kernel.value``).
+  a wrapper around its value with the variable's metadata that the format documents: the
+  constructor flags ``hijax``, ``ref``, ``eager_sharding`` and an RNG variable's ``tag``.
+  Other metadata (sharding annotations, hooks, custom keywords) is not stored; a template
+  gives it back. A wrapper adds no part to tensor keys (``layers.0.kernel``, not
+  ``layers.0.kernel.value``).
 
 A PRNG key held by a variable (``nnx.RngKey``) is stored like any typed key: its
 ``jax.random.key_data`` (``uint32``) inside a ``jax.random.key`` wrapper that records the
@@ -32,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -46,13 +48,14 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by test
 
 import ckptschema
 
-from ._containers import Container, register
+from ._containers import WRAPPER_METADATA, Container, register
 
 __all__ = ["deserialize", "load", "load_into", "save", "serialize"]
 
 PathLike = str | os.PathLike[str]
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
+#: The metadata an nnx variable's wrapper records, with each value's type (the format's rule).
+_METADATA = WRAPPER_METADATA["flax"]
 
 
 # ------------------------------------------------------------------------ containers
@@ -76,12 +79,8 @@ def _unwrap(var: nnx.Variable) -> Any:
 
 
 def _metadata(var: nnx.Variable) -> dict[str, Any]:
-    """The variable's metadata that JSON can hold; sharding names, callables and inf/nan are left out."""
-    return {
-        k: v
-        for k, v in var.get_metadata().items()
-        if isinstance(k, str) and isinstance(v, _JSON_SCALARS) and not (isinstance(v, float) and not math.isfinite(v))
-    }
+    """The variable's metadata that the format documents (`_METADATA`), in its types; the rest is left out."""
+    return {k: v for k, v in var.get_metadata().items() if k in _METADATA and type(v) is _METADATA[k]}
 
 
 def _variable_builder(cls: type[nnx.Variable]) -> Any:

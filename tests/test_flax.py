@@ -240,11 +240,17 @@ def test_nnx_state_without_template_keeps_variable_types_and_int_keys(tmp_path):
     np.testing.assert_array_equal(restored(X), net(X))
 
 
-def test_nnx_metadata_json_cannot_hold_is_left_out(tmp_path):
-    state = {"w": nnx.Param(jnp.ones(2), scale=float("inf"), name="w", note=float("nan"))}
-    ckptschema.flax.save(tmp_path / "m.safetensors", state)
-    metadata = ckptschema.flax.load(tmp_path / "m.safetensors")["w"].get_metadata()
-    assert metadata["name"] == "w" and "scale" not in metadata and "note" not in metadata
+def test_nnx_metadata_outside_the_format_is_not_stored(tmp_path):
+    state = {"w": nnx.Param(jnp.ones(2), scale=float("inf"), name="w")}
+    manifest = ckptschema.flax.save(tmp_path / "m.safetensors", state)
+    assert manifest.skeleton["children"][0]["metadata"] == {"eager_sharding": True, "hijax": False, "ref": False}
+    assert ckptschema.flax.load(tmp_path / "m.safetensors")["w"].get_metadata() == {
+        "eager_sharding": True,
+        "hijax": False,
+        "ref": False,
+    }
+    with_template = ckptschema.flax.load(tmp_path / "m.safetensors", template=state)["w"]
+    assert with_template.get_metadata() == state["w"].get_metadata()
 
 
 def test_nnx_state_without_template_has_the_saved_tree_structure(tmp_path):
