@@ -16,6 +16,7 @@ metadata ever reaches a container's constructor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import operator
 from collections.abc import Callable, Mapping
@@ -53,6 +54,7 @@ WRAPPER_METADATA: dict[str, dict[str, type]] = {
     "flax": {"eager_sharding": bool, "hijax": bool, "ref": bool, "tag": str},
     "objax": {},
 }
+_NNX_METADATA = WRAPPER_METADATA["flax"]
 
 #: The trailing shape of the ``uint32`` key data of each typed PRNG key implementation.
 PRNG_KEY_SHAPES: dict[str, tuple[int, ...]] = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
@@ -143,25 +145,36 @@ def refusal(node: Mapping[str, Any]) -> str | None:
         'is a one-child wrapper, not a mapping: a dict node cannot name it'
     """
     name = node["type"]
-    top = name.partition(".")[0]
-    if name not in _REGISTRY and top not in ADAPTERS:
+    listed, mapping, allowed = _rule(name)
+    if not listed:
         return "is not on the allow-list"
     if node["kind"] == "dict":
-        return None if name in MAPPINGS else "is a one-child wrapper, not a mapping: a dict node cannot name it"
-    if name in MAPPINGS:
+        return None if mapping else "is a one-child wrapper, not a mapping: a dict node cannot name it"
+    if mapping:
         return "is a mapping, not a one-child wrapper: a wrapper node cannot name it"
-    metadata, allowed = node["metadata"], WRAPPER_METADATA[top]
+    metadata = node["metadata"]
     for key, value in metadata.items():
-        if key not in allowed:
-            keys = ", ".join(allowed) or "none"
-            return f"has metadata {key!r}, which its wrappers do not hold (the format allows: {keys})"
-        if type(value) is not allowed[key]:
-            return f"has metadata {key}={value!r}; it must be a {allowed[key].__name__}"
+        expected = allowed.get(key)
+        if type(value) is not expected:
+            if expected is None:
+                keys = ", ".join(allowed) or "none"
+                return f"has metadata {key!r}, which its wrappers do not hold (the format allows: {keys})"
+            return f"has metadata {key}={value!r}; it must be a {expected.__name__}"
     if name == PRNG_KEY.name:
         return _key_refusal(metadata, node["child"])
-    if top == "flax" and (metadata.get("hijax") or metadata.get("ref")) and not _jax_value(node["child"]):
+    if allowed is _NNX_METADATA and (metadata.get("hijax") or metadata.get("ref")) and not _jax_value(node["child"]):
         return "sets hijax or ref around a value that is not a tensor, a number or a PRNG key"
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule(name: str) -> tuple[bool, bool, dict[str, type]]:
+    """Whether a container name is on the allow-list, whether it is a mapping, and its wrappers' metadata.
+
+    Stable for each name: adapters register only names under a framework of `ADAPTERS`.
+    """
+    top = name.partition(".")[0]
+    return name in _REGISTRY or top in ADAPTERS, name in MAPPINGS, WRAPPER_METADATA.get(top, {})
 
 
 def _key_refusal(metadata: Mapping[str, Any], child: Mapping[str, Any]) -> str | None:
