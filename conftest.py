@@ -44,6 +44,7 @@ collect_ignore = [
         ("tests/test_haiku.py", "haiku"),
         ("tests/test_objax.py", "objax"),
         ("tests/test_optax_equinox.py", "equinox"),
+        ("tests/test_penzai.py", "penzai"),
         ("examples/demo.py", "flax"),
     ]
     if _missing(module)

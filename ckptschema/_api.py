@@ -474,7 +474,7 @@ def _agrees(manifest: Manifest, header: Header) -> bool:
     from its parent's (no path tuples, no joins); a file that fails any of them goes to the
     slow check, which says what is wrong.
     """
-    entries, separator, layout, may_name = header.entries, manifest.separator, _LAYOUT, _containers.may_name
+    entries, separator, layout, refusal = header.entries, manifest.separator, _LAYOUT, _containers.refusal
     keys = []
     stack: list[tuple[str | None, dict[str, Any]]] = [(None, manifest.skeleton)]  # type: ignore[list-item]
     pop, extend = stack.pop, stack.extend
@@ -491,11 +491,11 @@ def _agrees(manifest: Manifest, header: Header) -> bool:
         elif kind == "scalar" or kind == "none":
             continue
         elif kind == "wrapper":
-            if not may_name(node["type"]):
+            if refusal(node) is not None:
                 return False
             stack.append((prefix, node["child"]))
         else:
-            if kind == "dict" and node["type"] is not None and not may_name(node["type"]):
+            if kind == "dict" and node["type"] is not None and refusal(node) is not None:
                 return False
             names = node["fields"] if kind == "namedtuple" else node.get("keys") or range(len(node["children"]))
             parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
@@ -505,17 +505,16 @@ def _agrees(manifest: Manifest, header: Header) -> bool:
 
 def _check_manifest_matches_header(manifest: Manifest, header: Header, where: str) -> None:
     """Every manifest tensor is in the header with the same layout, and nothing else is."""
-    problems = []
+    problems, invalid = [], []
     entries = header.entries
     keys = set()
     separator = manifest.separator
     for path, node in iter_nodes(manifest.skeleton):  # type: ignore[arg-type]
         if node["kind"] != "tensor":
-            # Container types must be ones that could be on the allow-list (registered, or
-            # under a framework in the fixed adapter table); no name is ever imported.
-            name = node.get("type") if node["kind"] in ("dict", "wrapper") else None
-            if name is not None and not _containers.may_name(name):
-                problems.append(f"container type {name!r} at {keypath(path)} is not on the allow-list")
+            # Container types, kinds and metadata as the allow-list allows; no name is ever imported.
+            problem = _containers.refusal(node) if node["kind"] in ("dict", "wrapper") and node["type"] else None
+            if problem is not None:
+                invalid.append(f"container type {node['type']!r} at {keypath(path)} {problem}")
             continue
         key = node["key"]
         # A key names one leaf, where the writer put it: its path joined by the separator.
@@ -535,6 +534,9 @@ def _check_manifest_matches_header(manifest: Manifest, header: Header, where: st
             )
     if len(keys) != len(entries):
         problems += [f"header tensor {key!r} is not in the manifest" for key in entries.keys() - keys]
+    if invalid:
+        more = f" (and {len(invalid) - 5} more)" if len(invalid) > 5 else ""
+        raise FormatError(f"{where}: invalid manifest: {'; '.join(invalid[:5])}{more}")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise FormatError(f"{where}: manifest and header disagree: {'; '.join(problems[:5])}{more}")

@@ -5,11 +5,18 @@ The core imports no framework. A framework adapter (``ckptschema.flax``,
 adapter only from the fixed table `ADAPTERS`, either because a tree being saved holds a type
 from that framework (so the framework is already imported) or because a manifest names one
 of its containers. Nothing named in a file is ever imported by that name.
+
+What a file may say about a container is decided from the file alone, before any adapter
+is imported (`refusal`): each name's kind (`MAPPINGS` are ``dict`` nodes, every other name a
+``wrapper``), the metadata keys and value types of each framework's wrappers
+(`WRAPPER_METADATA`), and the key data of a typed PRNG key (`PRNG_KEY_SHAPES`). Only checked
+metadata ever reaches a container's constructor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import operator
 from collections.abc import Callable, Mapping
@@ -17,13 +24,43 @@ from typing import Any, Literal
 
 from ._errors import CkptSchemaError
 
-__all__ = ["ADAPTERS", "Container", "find", "lookup", "may_name", "register"]
+__all__ = [
+    "ADAPTERS",
+    "MAPPINGS",
+    "PRNG_KEY_SHAPES",
+    "WRAPPER_METADATA",
+    "Container",
+    "find",
+    "lookup",
+    "refusal",
+    "register",
+]
 
 #: Top-level module of a framework -> the ckptschema adapter that knows its containers.
 ADAPTERS = {"flax": "ckptschema.flax", "objax": "ckptschema.objax"}
 
 #: Python's own dict types that keep their identity in a manifest.
 _BUILTIN = "collections.OrderedDict"
+
+#: The mapping containers a manifest may name in a ``dict`` node. Every other container name
+#: it may hold is a one-child ``wrapper``.
+MAPPINGS = frozenset({_BUILTIN, "flax.FrozenDict", "flax.nnx.State", "objax.VarCollection"})
+
+#: The metadata a wrapper may hold, by the top-level name of its type: each key with the one
+#: JSON type of its value. For nnx variables these are the ``Variable`` constructor's own
+#: flags and the ``tag`` of an RNG stream's ``RngKey``/``RngCount``; objax variables have none.
+WRAPPER_METADATA: dict[str, dict[str, type]] = {
+    "jax": {"impl": str},
+    "flax": {"eager_sharding": bool, "hijax": bool, "ref": bool, "tag": str},
+    "objax": {},
+}
+_NNX_METADATA = WRAPPER_METADATA["flax"]
+
+#: The trailing shape of the ``uint32`` key data of each typed PRNG key implementation.
+PRNG_KEY_SHAPES: dict[str, tuple[int, ...]] = {"threefry2x32": (2,), "rbg": (4,), "unsafe_rbg": (4,)}
+
+#: What an nnx variable with ``hijax`` or ``ref`` set may hold: JAX must take it as one value.
+_JAX_VALUE_SCALARS = ("bool", "int", "float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +88,16 @@ _BY_TYPE: dict[type, Container | None] = {}
 
 
 def register(*containers: Container) -> None:
-    """Add framework containers to the allow-list (called by the framework adapters)."""
+    """Add framework containers to the allow-list (called by the framework adapters).
+
+    Raises:
+        ValueError: for a container whose kind disagrees with `MAPPINGS`, or a wrapper of a
+            framework without an entry in `WRAPPER_METADATA`: the file rules would not hold.
+    """
     for c in containers:
+        top = c.name.partition(".")[0]
+        if (c.kind == "dict") != (c.name in MAPPINGS) or (c.kind == "wrapper" and top not in WRAPPER_METADATA):
+            raise ValueError(f"container {c.name!r} of kind {c.kind!r} disagrees with MAPPINGS and WRAPPER_METADATA")
         _REGISTRY[c.name] = c
     _BY_TYPE.clear()
 
@@ -82,9 +127,83 @@ def find(obj: Any) -> Container | None:
     return found
 
 
-def may_name(name: str) -> bool:
-    """Whether a manifest may name this container: registered, or under an adapter's framework."""
-    return name in _REGISTRY or name.partition(".")[0] in ADAPTERS
+def refusal(node: Mapping[str, Any]) -> str | None:
+    """Why a manifest may not hold this ``dict`` or ``wrapper`` node of a container type, or None.
+
+    Decided from the file alone, with no framework imported: the name must be registered
+    or under a framework of `ADAPTERS`; a ``dict`` node must name one of `MAPPINGS` and a
+    wrapper any other name; a wrapper's metadata holds only its framework's keys of
+    `WRAPPER_METADATA`, with their value types. A ``jax.random.key`` wrapper names an
+    implementation of `PRNG_KEY_SHAPES` and holds ``uint32`` key data of its shape; an nnx
+    variable with ``hijax`` or ``ref`` set holds a tensor, a number or a PRNG key.
+
+    Returns:
+        The problem, worded to follow ``container type 'NAME' at PATH``.
+
+    Example:
+        >>> refusal({"kind": "dict", "type": "jax.random.key", "keys": [], "children": []})
+        'is a one-child wrapper, not a mapping: a dict node cannot name it'
+    """
+    name = node["type"]
+    listed, mapping, allowed = _rule(name)
+    if not listed:
+        return "is not on the allow-list"
+    if node["kind"] == "dict":
+        return None if mapping else "is a one-child wrapper, not a mapping: a dict node cannot name it"
+    if mapping:
+        return "is a mapping, not a one-child wrapper: a wrapper node cannot name it"
+    metadata = node["metadata"]
+    for key, value in metadata.items():
+        expected = allowed.get(key)
+        if type(value) is not expected:
+            if expected is None:
+                keys = ", ".join(allowed) or "none"
+                return f"has metadata {key!r}, which its wrappers do not hold (the format allows: {keys})"
+            return f"has metadata {key}={value!r}; it must be a {expected.__name__}"
+    if name == PRNG_KEY.name:
+        return _key_refusal(metadata, node["child"])
+    if allowed is _NNX_METADATA and (metadata.get("hijax") or metadata.get("ref")) and not _jax_value(node["child"]):
+        return "sets hijax or ref around a value that is not a tensor, a number or a PRNG key"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule(name: str) -> tuple[bool, bool, dict[str, type]]:
+    """Whether a container name is on the allow-list, whether it is a mapping, and its wrappers' metadata.
+
+    Stable for each name: adapters register only names under a framework of `ADAPTERS`.
+    """
+    top = name.partition(".")[0]
+    return name in _REGISTRY or top in ADAPTERS, name in MAPPINGS, WRAPPER_METADATA.get(top, {})
+
+
+def _key_refusal(metadata: Mapping[str, Any], child: Mapping[str, Any]) -> str | None:
+    impl = metadata.get("impl")
+    if impl is None:
+        return "has no metadata 'impl' naming its PRNG implementation"
+    if impl not in PRNG_KEY_SHAPES:
+        known = ", ".join(PRNG_KEY_SHAPES)
+        return f"names the PRNG implementation {impl!r}; the format knows: {known}"
+    tail = PRNG_KEY_SHAPES[impl]
+    if child["kind"] != "tensor" or child["dtype"] != "uint32" or tuple(child["shape"][-len(tail) :]) != tail:
+        shape = "".join(f"{n}, " for n in tail).rstrip(", ")
+        return f"holds {_described(child)}; {impl} key data is uint32 of shape (..., {shape})"
+    return None
+
+
+def _described(node: Mapping[str, Any]) -> str:
+    if node["kind"] == "tensor":
+        return f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
+    return f"a {node['kind']} node"
+
+
+def _jax_value(node: Mapping[str, Any]) -> bool:
+    kind = node["kind"]
+    return (
+        kind == "tensor"
+        or (kind == "scalar" and node["type"] in _JAX_VALUE_SCALARS)
+        or (kind == "wrapper" and node["type"] == PRNG_KEY.name)
+    )
 
 
 def lookup(name: str) -> Container:

@@ -120,3 +120,8 @@ def check_int_text(digits: str) -> None:
     """`check_int` for the text of a JSON integer (a ``-`` and digits, no leading zeros), before Python converts it."""
     if len(digits) - digits.startswith("-") > MAX_INT_DIGITS:
         raise LimitError(_INT_TOO_LONG)
+
+
+#: Most entries in one wrapper's metadata. The format's wrappers hold at most four
+#: (`ckptschema._containers.WRAPPER_METADATA`); counted before the entries are validated.
+MAX_METADATA = 64

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Final, Literal, NotRequired
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     FiniteFloat,
@@ -32,12 +33,13 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from typing_extensions import TypedDict
 
-from . import _tree
+from . import _namedtuples, _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._limits import (
     MAX_FIELDS,
     MAX_INT_DIGITS,
+    MAX_METADATA,
     MAX_NODES,
     MAX_RANK,
     check_depth,
@@ -126,21 +128,31 @@ class TupleNode(TypedDict):
 
 
 def _valid_namedtuple(node: dict[str, Any]) -> dict[str, Any]:
-    if not _tree.valid_namedtuple(node["name"], node["fields"]):
-        raise ValueError(f"namedtuple {node['name']!r} has an invalid name or invalid or duplicate field names")
+    if not _namedtuples.valid(node["name"], node["fields"]):
+        raise ValueError(
+            f"namedtuple {node['name']!r} has an invalid name or invalid field names, or field names "
+            f"that are equal after Unicode NFKC normalisation"
+        )
     if len(node["fields"]) != len(node["children"]):
         raise ValueError(f"{len(node['fields'])} fields but {len(node['children'])} children")
+    if "module" in node and not _namedtuples.valid_module(node["module"]):
+        raise ValueError(f"namedtuple {node['name']!r} names the module {node['module']!r}, which is not a module name")
     return node
 
 
 class NamedTupleNode(TypedDict):
-    """A namedtuple: rebuilt as a fresh class of this name and fields, never imported."""
+    """A namedtuple: its class name, field names and (optionally) the module defining it.
+
+    Without a template it comes back as that class if it is already imported (never
+    importing anything), else as a fresh class of this name and fields.
+    """
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["namedtuple"]
     name: str
     fields: Annotated[list[str], Field(max_length=MAX_FIELDS)]
     children: _Children
+    module: NotRequired[str]
 
 
 _CheckedNamedTupleNode = Annotated[NamedTupleNode, AfterValidator(_valid_namedtuple)]
@@ -168,13 +180,27 @@ class DictNode(TypedDict):
 _CheckedDictNode = Annotated[DictNode, AfterValidator(_unique_keys)]
 
 
+def _metadata_size(metadata: Any) -> Any:
+    if isinstance(metadata, dict) and len(metadata) > MAX_METADATA:
+        raise ValueError(f"wrapper metadata has {len(metadata)} entries, more than MAX_METADATA={MAX_METADATA}")
+    return metadata
+
+
 class WrapperNode(TypedDict):
-    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``."""
+    """An allow-listed one-child container with metadata, such as ``flax.nnx.Param``.
+
+    Which names are wrappers and which metadata each may hold is checked against the
+    header with the allow-list (`ckptschema._containers.refusal`).
+    """
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     kind: Literal["wrapper"]
     type: str
-    metadata: dict[str, str | int | FiniteFloat | bool | None]
+    metadata: Annotated[
+        dict[str, str | int | FiniteFloat | bool | None],
+        Field(max_length=MAX_METADATA),
+        BeforeValidator(_metadata_size),
+    ]
     child: Node
 
 

@@ -6,13 +6,13 @@ A skeleton node is a dict with a ``kind``:
 - ``scalar``: a Python ``bool``/``int``/``float``/``str`` kept in the manifest (``type``,
   ``value``; floats as text that keeps every bit, see `float_text`);
 - ``none``; ``list`` and ``tuple`` (``children``); ``namedtuple`` (``name``, ``fields``,
-  ``children``);
+  ``children``, and the defining ``module`` when it is a module name);
 - ``dict``: ``keys`` (all str or all int, in insertion order), ``children``, and ``type``:
   null for a plain dict, else an allow-listed container such as ``flax.FrozenDict``;
 - ``wrapper``: one ``child`` inside an allow-listed container such as ``flax.nnx.Param``,
-  with JSON-scalar ``metadata``;
-- ``node``: any other registered pytree node (``type``, ``keys``, ``children``); it can only
-  be rebuilt through a template.
+  with the JSON-scalar ``metadata`` its framework documents;
+- ``node``: any other registered pytree node (``type``, ``keys``, ``children``, which may be
+  none); it can only be rebuilt through a template.
 
 A tree walked as a template (leaves may be ``jax.ShapeDtypeStruct``) gets the same
 skeleton, plus private ``_like`` entries that let `rebuild` return the template's own types.
@@ -20,10 +20,7 @@ skeleton, plus private ``_like`` entries that let `rebuild` return the template'
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import functools
-import keyword
 import re
 import struct
 from collections.abc import Callable, Iterator
@@ -32,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _containers
+from . import _containers, _namedtuples
 from ._dtypes import dtype_of
 from ._errors import CkptSchemaError
 from ._limits import LimitError, check_depth, check_int
@@ -201,15 +198,7 @@ class _Walker:
         if cls is dict:
             return self._dict(None, list(x.items()), path, x)
         if _is_namedtuple(x):
-            node = {
-                "kind": "namedtuple",
-                "name": cls.__name__,
-                "fields": list(cls._fields),
-                "children": [self.walk(c, (*path, f)) for f, c in zip(cls._fields, x)],
-            }
-            if self.template:
-                node["_like"] = x
-            return node
+            return self._namedtuple(x, path)
         if isinstance(x, (np.ndarray, np.generic, jax.Array)):
             _ARRAY_TYPES.add(cls)
             return self._tensor(x, path)
@@ -243,6 +232,28 @@ class _Walker:
             node["_weak"] = not shape and (bool(getattr(x, "weak_type", False)) or dtype.name == "bool")
         return node
 
+    def _namedtuple(self, x: tuple, path: tuple[KeyPart, ...]) -> dict[str, Any]:
+        cls = type(x)
+        fields = cls._fields  # type: ignore[attr-defined]
+        if not _namedtuples.valid(cls.__name__, fields):
+            raise CkptSchemaError(
+                f"{keypath(path)}: namedtuple {cls.__name__} with fields {fields!r} cannot be recreated on load: "
+                f"its name and fields must be identifiers, not keywords, fields not starting with '_' and "
+                f"distinct after Unicode NFKC normalisation (as Python compiles them); rename them"
+            )
+        node = {
+            "kind": "namedtuple",
+            "name": cls.__name__,
+            "fields": list(fields),
+            "children": [self.walk(c, (*path, f)) for f, c in zip(fields, x)],
+        }
+        module = _namedtuples.module_of(cls)
+        if module is not None:
+            node["module"] = module
+        if self.template:
+            node["_like"] = x
+        return node
+
     def _dict(self, type_name: str | None, items: list, path: tuple[KeyPart, ...], like: Any) -> dict[str, Any]:
         keys = _dict_keys(items, path)
         node = {
@@ -263,11 +274,15 @@ class _Walker:
         node = {"kind": "wrapper", "type": c.name, "metadata": c.metadata(x), "child": self.walk(c.unwrap(x), path)}
         if self.template:
             node["_like"] = x
+        else:
+            problem = _containers.refusal(node)
+            if problem is not None:
+                raise CkptSchemaError(f"{keypath(path)}: cannot store this {c.name}: it {problem}")
         return node
 
     def _custom(self, x: Any, path: tuple[KeyPart, ...]) -> dict[str, Any]:
         children, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=lambda c: c is not x)
-        if jax.tree_util.treedef_is_leaf(treedef):
+        if children and jax.tree_util.treedef_is_leaf(treedef):  # x itself; no children: a childless node
             what = (
                 "abstract leaves (jax.ShapeDtypeStruct) are only allowed in templates"
                 if isinstance(x, jax.ShapeDtypeStruct)
@@ -367,27 +382,15 @@ def scalar_value(node: dict[str, Any]) -> bool | int | float | str:
     return float_value(node["value"]) if node["type"] == "float" else node["value"]
 
 
-@functools.lru_cache(maxsize=1024)
-def _namedtuple_class(name: str, fields: tuple[str, ...]) -> Any:
-    return collections.namedtuple(name, fields)  # type: ignore[misc]
-
-
-def valid_namedtuple(name: str, fields: list[str]) -> bool:
-    """Whether a recorded namedtuple can be recreated as a fresh class."""
-    names = [name, *fields]
-    return (
-        all(n.isidentifier() and not keyword.iskeyword(n) for n in names)
-        and not any(f.startswith("_") for f in fields)
-        and len(set(fields)) == len(fields)
-    )
-
-
 def unflatten(node: dict[str, Any], leaf: Callable[[dict[str, Any]], Any]) -> Any:
     """Rebuild the exact tree a skeleton describes, with no template.
 
     Args:
         node: a skeleton node (checked by the manifest model).
         leaf: called with each ``tensor`` node, returns its array.
+
+    A namedtuple comes back as its original class when that is already imported, else as
+    a fresh class of its name and fields (see `_namedtuples`).
 
     Raises:
         CkptSchemaError: for a ``node`` of a type not on the allow-list (pass a template).
@@ -404,8 +407,8 @@ def unflatten(node: dict[str, Any], leaf: Callable[[dict[str, Any]], Any]) -> An
     if kind == "tuple":
         return tuple(unflatten(c, leaf) for c in node["children"])
     if kind == "namedtuple":
-        cls = _namedtuple_class(node["name"], tuple(node["fields"]))
-        return cls._make(unflatten(c, leaf) for c in node["children"])
+        cls = _namedtuples.class_for(node["name"], tuple(node["fields"]), node.get("module"))
+        return _namedtuples.make(cls, [unflatten(c, leaf) for c in node["children"]])
     if kind == "dict":
         children = {k: unflatten(c, leaf) for k, c in zip(node["keys"], node["children"])}
         if node["type"] is None:

@@ -4,10 +4,15 @@ Importing this module registers flax's containers with the core, so a manifest c
 them and a template-less load can rebuild them:
 
 - ``flax.FrozenDict``: a mapping, rebuilt as a ``FrozenDict`` (plain dicts stay dicts);
-- ``flax.nnx.State``: a mapping whose keys are str, or int under an ``nnx.List``;
+- ``flax.nnx.State``: a mapping whose keys are str, or int under an ``nnx.List``. A State
+  holds its inner levels as plain dicts (what ``nnx.state(model)`` gives); each level is
+  recorded as the State or dict it is, so a load gives back the very same tree structure;
 - ``flax.nnx.Param``, ``flax.nnx.BatchStat``, ... one per built-in nnx ``Variable`` type:
-  a wrapper around its value with the variable's JSON-scalar metadata. A wrapper adds no
-  part to tensor keys (``layers.0.kernel``, not ``layers.0.kernel.value``).
+  a wrapper around its value with the variable's metadata that the format documents: the
+  constructor flags ``hijax``, ``ref``, ``eager_sharding`` and an RNG variable's ``tag``.
+  Other metadata (sharding annotations, hooks, custom keywords) is not stored; a template
+  gives it back. A wrapper adds no part to tensor keys (``layers.0.kernel``, not
+  ``layers.0.kernel.value``).
 
 A PRNG key held by a variable (``nnx.RngKey``) is stored like any typed key: its
 ``jax.random.key_data`` (``uint32``) inside a ``jax.random.key`` wrapper that records the
@@ -30,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -44,13 +48,14 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by test
 
 import ckptschema
 
-from ._containers import Container, register
+from ._containers import WRAPPER_METADATA, Container, register
 
 __all__ = ["deserialize", "load", "load_into", "save", "serialize"]
 
 PathLike = str | os.PathLike[str]
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
+#: The metadata an nnx variable's wrapper records, with each value's type (the format's rule).
+_METADATA = WRAPPER_METADATA["flax"]
 
 
 # ------------------------------------------------------------------------ containers
@@ -64,17 +69,18 @@ def _state(children: Mapping[Any, Any], metadata: Any = None) -> nnx.State:
     return nnx.State(children)
 
 
+def _state_items(state: nnx.State) -> Any:
+    """A State's own entries: its inner levels as stored (plain dicts), not wrapped in new States."""
+    return state.raw_mapping.items()
+
+
 def _unwrap(var: nnx.Variable) -> Any:
     return var.get_value()
 
 
 def _metadata(var: nnx.Variable) -> dict[str, Any]:
-    """The variable's metadata that JSON can hold; sharding names, callables and inf/nan are left out."""
-    return {
-        k: v
-        for k, v in var.get_metadata().items()
-        if isinstance(k, str) and isinstance(v, _JSON_SCALARS) and not (isinstance(v, float) and not math.isfinite(v))
-    }
+    """The variable's metadata that the format documents (`_METADATA`), in its types; the rest is left out."""
+    return {k: v for k, v in var.get_metadata().items() if k in _METADATA and type(v) is _METADATA[k]}
 
 
 def _variable_builder(cls: type[nnx.Variable]) -> Any:
@@ -112,7 +118,14 @@ register(
         match=_exact(FrozenDict),
         build=_frozen_dict,
     ),
-    Container(name="flax.nnx.State", framework="flax.nnx", kind="dict", match=_exact(nnx.State), build=_state),
+    Container(
+        name="flax.nnx.State",
+        framework="flax.nnx",
+        kind="dict",
+        match=_exact(nnx.State),
+        build=_state,
+        items=_state_items,
+    ),
     *(
         Container(
             name=f"flax.nnx.{name}",

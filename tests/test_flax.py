@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,6 +151,26 @@ def test_train_state_round_trips_and_training_continues_identically(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed.opt_state, continued.opt_state)
 
 
+def test_train_state_python_step_takes_the_form_of_its_template_leaf(tmp_path):
+    state, _ = _train(_new_state(), 3)
+    ckptschema.flax.save(tmp_path / "state.safetensors", state.replace(step=3))
+    abstract = ckptschema.flax.load(tmp_path / "state.safetensors", template=jax.eval_shape(_new_state))
+    assert isinstance(abstract.step, jax.Array) and abstract.step.dtype == jnp.int32 and abstract.step.weak_type
+    assert int(abstract.step) == 3
+    concrete = ckptschema.flax.load(tmp_path / "state.safetensors", template=_new_state())
+    assert type(concrete.step) is int and concrete.step == 3
+
+
+def test_flax_struct_dataclass_without_fields_loads_through_template(tmp_path):
+    @flax.struct.dataclass
+    class Nothing:
+        pass
+
+    ckptschema.flax.save(tmp_path / "n.safetensors", {"w": jnp.ones(2), "nothing": Nothing()})
+    loaded = ckptschema.flax.load(tmp_path / "n.safetensors", template={"w": jnp.zeros(2), "nothing": Nothing()})
+    assert type(loaded["nothing"]) is Nothing
+
+
 def test_train_state_without_template_says_to_pass_one(tmp_path):
     ckptschema.flax.save(tmp_path / "state.safetensors", _new_state())
     with pytest.raises(ckptschema.CkptSchemaError, match="only rebuilds through a template; pass template="):
@@ -219,11 +240,47 @@ def test_nnx_state_without_template_keeps_variable_types_and_int_keys(tmp_path):
     np.testing.assert_array_equal(restored(X), net(X))
 
 
-def test_nnx_metadata_json_cannot_hold_is_left_out(tmp_path):
-    state = {"w": nnx.Param(jnp.ones(2), scale=float("inf"), name="w", note=float("nan"))}
-    ckptschema.flax.save(tmp_path / "m.safetensors", state)
-    metadata = ckptschema.flax.load(tmp_path / "m.safetensors")["w"].get_metadata()
-    assert metadata["name"] == "w" and "scale" not in metadata and "note" not in metadata
+def test_nnx_metadata_outside_the_format_is_not_stored(tmp_path):
+    state = {"w": nnx.Param(jnp.ones(2), scale=float("inf"), name="w")}
+    manifest = ckptschema.flax.save(tmp_path / "m.safetensors", state)
+    assert manifest.skeleton["children"][0]["metadata"] == {"eager_sharding": True, "hijax": False, "ref": False}
+    assert ckptschema.flax.load(tmp_path / "m.safetensors")["w"].get_metadata() == {
+        "eager_sharding": True,
+        "hijax": False,
+        "ref": False,
+    }
+    with_template = ckptschema.flax.load(tmp_path / "m.safetensors", template=state)["w"]
+    assert with_template.get_metadata() == state["w"].get_metadata()
+
+
+def test_nnx_state_without_template_has_the_saved_tree_structure(tmp_path):
+    state = nnx.state(_trained_net())
+    ckptschema.flax.save(tmp_path / "net.safetensors", state)
+    loaded = ckptschema.flax.load(tmp_path / "net.safetensors")
+    assert type(loaded) is nnx.State and type(loaded.raw_mapping["layers"]) is dict
+    assert jax.tree.structure(loaded) == jax.tree.structure(state)
+    jax.tree.map(lambda a, b: None, state, loaded)
+
+
+def test_nnx_state_with_template_has_the_template_tree_structure(tmp_path):
+    ckptschema.flax.save(tmp_path / "net.safetensors", nnx.state(_trained_net()))
+    template = nnx.state(Net(8, nnx.Rngs(1)))
+    loaded = ckptschema.flax.load(tmp_path / "net.safetensors", template=template)
+    assert jax.tree.structure(loaded) == jax.tree.structure(template)
+
+
+def test_nnx_optimizer_state_loads_with_its_tree_structure(tmp_path):
+    optimizer = nnx.Optimizer(_trained_net(), optax.adam(1e-2), wrt=nnx.Param)
+    state = nnx.state(optimizer)
+    ckptschema.flax.save(tmp_path / "opt.safetensors", optimizer)
+    template = nnx.state(nnx.Optimizer(Net(8, nnx.Rngs(1)), optax.adam(1e-2), wrt=nnx.Param))
+    for loaded in (
+        ckptschema.flax.load(tmp_path / "opt.safetensors"),
+        ckptschema.flax.load(tmp_path / "opt.safetensors", template=template),
+        ckptschema.flax.load(tmp_path / "opt.safetensors", template=jax.eval_shape(lambda: template)),
+    ):
+        assert jax.tree.structure(loaded) == jax.tree.structure(state)
+        jax.tree.map(lambda a, b: None, state, loaded)
 
 
 def test_nnx_round_trips_with_abstract_template(tmp_path):

@@ -65,10 +65,8 @@ def _assert_resumes_identically(loaded: dict[str, Any], saved: dict[str, Any]) -
     resumed_params, resumed_state, resumed_losses = _train(loaded["params"], loaded["opt_state"], 3)
     np.testing.assert_array_equal(np.stack(resumed_losses), np.stack(losses))
     jax.tree.map(np.testing.assert_array_equal, resumed_params, params)
-    # Leaf by leaf: without a template, an untouched EmptyState keeps its rebuilt namedtuple class.
-    assert len(jax.tree.leaves(resumed_state)) == len(jax.tree.leaves(opt_state))
-    for resumed, leaf in zip(jax.tree.leaves(resumed_state), jax.tree.leaves(opt_state)):
-        np.testing.assert_array_equal(resumed, leaf)
+    assert jax.tree.structure(resumed_state) == jax.tree.structure(opt_state)
+    jax.tree.map(np.testing.assert_array_equal, resumed_state, opt_state)
 
 
 def test_optax_chain_state_with_template_keeps_its_classes_and_resumes(tmp_path):
@@ -81,12 +79,12 @@ def test_optax_chain_state_with_template_keeps_its_classes_and_resumes(tmp_path)
     _assert_resumes_identically(loaded, saved)
 
 
-def test_optax_chain_state_without_template_rebuilds_namedtuples_and_resumes(tmp_path):
+def test_optax_chain_state_without_template_is_optax_own_classes_and_resumes(tmp_path):
     saved = _checkpoint()
     ckptschema.save(tmp_path / "opt.safetensors", saved)
     loaded = ckptschema.load(tmp_path / "opt.safetensors")
-    adam = loaded["opt_state"][1][0]
-    assert type(adam).__name__ == "ScaleByAdamState" and adam._fields == ("count", "mu", "nu")
+    assert type(loaded["opt_state"][1][0]) is optax.ScaleByAdamState
+    assert jax.tree.structure(loaded) == jax.tree.structure(saved)
     np.testing.assert_array_equal(_predict(loaded["params"], X), _predict(saved["params"], X))
     _assert_resumes_identically(loaded, saved)
 
@@ -153,3 +151,145 @@ def test_equinox_model_of_other_shape_fails_naming_path(tmp_path):
         "layers/1/bias",
         "layers/2/weight",
     ]
+
+
+# ------------------------------------------ optax states without a template: optax's own classes
+
+
+def _layered_params() -> dict[str, Any]:
+    k1, k2 = jax.random.split(jax.random.key(3))
+    return {"a": {"w": jax.random.normal(k1, (4, 3)), "b": jnp.zeros(3)}, "c": {"w": jax.random.normal(k2, (3, 2))}}
+
+
+def _grads(params: Any) -> Any:
+    return jax.tree.map(lambda x: 0.1 * x + 0.01, params)
+
+
+def _node_types(tree: Any) -> list[type]:
+    """The type of every node and leaf of a tree, parents first."""
+    children, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda c: c is not tree)
+    if treedef.num_leaves == 1 and jax.tree_util.treedef_is_leaf(treedef):
+        return [type(tree)]
+    return [type(tree), *(t for c in children for t in _node_types(c))]
+
+
+def _assert_loads_as_optax_state(
+    tmp_path, tx: optax.GradientTransformation, params: Any, grads: Any = None, **extra: Any
+) -> None:
+    """Saved after one update and loaded without a template: the same tree, and the next update matches."""
+    grads = _grads(params) if grads is None else grads
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
+    _, state = update(grads, tx.init(params), params)
+    saved = {"params": params, "opt_state": state}
+    ckptschema.save(tmp_path / "opt.safetensors", saved)
+    loaded = ckptschema.load(tmp_path / "opt.safetensors")
+    assert jax.tree.structure(loaded) == jax.tree.structure(saved)
+    assert _node_types(loaded) == _node_types(saved)
+    want_updates, want_state = update(grads, state, params)
+    got_updates, got_state = update(grads, loaded["opt_state"], loaded["params"])
+    assert jax.tree.structure(got_state) == jax.tree.structure(want_state)
+    jax.tree.map(np.testing.assert_array_equal, got_updates, want_updates)
+    jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
+
+
+def test_optax_multi_transform_state_loads_without_template_as_optax_state(tmp_path):
+    tx = optax.multi_transform({"adam": optax.adam(1e-2), "sgd": optax.sgd(0.1)}, {"a": "adam", "c": "sgd"})
+    _assert_loads_as_optax_state(tmp_path, tx, _layered_params())
+
+
+def test_optax_masked_state_with_masked_nodes_loads_without_template(tmp_path):
+    _assert_loads_as_optax_state(tmp_path, optax.masked(optax.adam(1e-2), {"a": True, "c": False}), _layered_params())
+
+
+def test_optax_muon_state_loads_without_template_as_optax_state(tmp_path):
+    _assert_loads_as_optax_state(tmp_path, optax.contrib.muon(1e-2), _layered_params())
+
+
+def test_optax_reduce_on_plateau_state_loads_without_template_as_optax_state(tmp_path):
+    tx = optax.chain(optax.adam(1e-2), optax.contrib.reduce_on_plateau(patience=1))
+    _assert_loads_as_optax_state(tmp_path, tx, _layered_params(), value=jnp.float32(2.0))
+
+
+def test_optax_lookahead_state_and_params_load_without_template(tmp_path):
+    tx = optax.lookahead(optax.adam(1e-2), sync_period=2, slow_step_size=0.5)
+    params = _layered_params()
+    _assert_loads_as_optax_state(tmp_path, tx, optax.LookaheadParams.init_synced(params), _grads(params))
+
+
+# ------------------------------------------------------- childless pytree nodes: equinox BatchNorm
+
+
+class _NormedMLP(eqx.Module):
+    """After `eqx.nn.make_with_state`, its BatchNorm's StateIndex holds a Module with no fields."""
+
+    first: eqx.nn.Linear
+    norm: eqx.nn.BatchNorm
+    last: eqx.nn.Linear
+
+    def __init__(self, key: jax.Array) -> None:
+        k1, k2 = jax.random.split(key)
+        self.first = eqx.nn.Linear(3, 8, key=k1)
+        self.norm = eqx.nn.BatchNorm(8, axis_name="batch", mode="batch")
+        self.last = eqx.nn.Linear(8, 2, key=k2)
+
+    def __call__(self, x: jax.Array, state: eqx.nn.State) -> tuple[jax.Array, eqx.nn.State]:
+        h, state = self.norm(self.first(x), state)
+        return self.last(jax.nn.relu(h)), state
+
+
+NORMED_TX = optax.adam(1e-2)
+
+
+@eqx.filter_jit
+def _normed_step(model: _NormedMLP, state: eqx.nn.State, opt_state: Any) -> tuple[Any, ...]:
+    def loss(m: _NormedMLP, s: eqx.nn.State) -> tuple[jax.Array, eqx.nn.State]:
+        pred, s = jax.vmap(m, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(X, s)
+        return jnp.mean((pred - Y) ** 2), s
+
+    (value, state), grads = eqx.filter_value_and_grad(loss, has_aux=True)(model, state)
+    updates, opt_state = NORMED_TX.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+    return eqx.apply_updates(model, updates), state, opt_state, value
+
+
+def _normed_run(model: _NormedMLP, state: eqx.nn.State, opt_state: Any, steps: int) -> list[np.ndarray]:
+    losses = []
+    for _ in range(steps):
+        model, state, opt_state, value = _normed_step(model, state, opt_state)
+        losses.append(np.asarray(value))
+    return losses
+
+
+def test_equinox_batchnorm_model_and_state_round_trip_and_resume_identically(tmp_path):
+    model, state = eqx.nn.make_with_state(_NormedMLP)(jax.random.key(0))
+    opt_state = NORMED_TX.init(eqx.filter(model, eqx.is_array))
+    for _ in range(2):
+        model, state, opt_state, _ = _normed_step(model, state, opt_state)
+    saved = {"model": eqx.filter(model, eqx.is_array), "state": state, "opt_state": opt_state}
+    ckptschema.save(tmp_path / "normed.safetensors", saved)
+
+    abstract_model, abstract_state = eqx.filter_eval_shape(eqx.nn.make_with_state(_NormedMLP), jax.random.key(1))
+    arrays, static = eqx.partition(abstract_model, _is_abstract)
+    template = {
+        "model": arrays,
+        "state": abstract_state,
+        "opt_state": eqx.filter_eval_shape(NORMED_TX.init, arrays),
+    }
+    loaded = ckptschema.load(tmp_path / "normed.safetensors", template=template)
+    assert jax.tree.structure(loaded) == jax.tree.structure(saved)
+    resumed = _normed_run(eqx.combine(loaded["model"], static), loaded["state"], loaded["opt_state"], 3)
+    np.testing.assert_array_equal(np.stack(resumed), np.stack(_normed_run(model, state, opt_state, 3)))
+
+
+def test_empty_equinox_module_is_stored_as_a_node_without_children(tmp_path):
+    class Empty(eqx.Module):
+        pass
+
+    manifest = ckptschema.save(tmp_path / "e.safetensors", {"w": jnp.ones(2), "empty": Empty()})
+    assert manifest.skeleton["children"][1] == {
+        "kind": "node",
+        "type": f"{__name__}.test_empty_equinox_module_is_stored_as_a_node_without_children.<locals>.Empty",
+        "keys": [],
+        "children": [],
+    }
+    loaded = ckptschema.load(tmp_path / "e.safetensors", template={"w": jnp.zeros(2), "empty": Empty()})
+    assert type(loaded["empty"]) is Empty

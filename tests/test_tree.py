@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 
 from ckptschema import CkptSchemaError
-from ckptschema._tree import describe, flatten, iter_nodes, keypath, unflatten
+from ckptschema._tree import describe, flatten, iter_nodes, keypath, rebuild, unflatten
 
 Pair = collections.namedtuple("Pair", "first second")
 
@@ -66,7 +69,7 @@ def test_namedtuple_records_name_and_fields():
 
 def test_registered_dataclass_is_a_custom_node_with_attribute_keys():
     @jax.tree_util.register_dataclass
-    @__import__("dataclasses").dataclass
+    @dataclasses.dataclass
     class State:
         step: jax.Array
         params: dict
@@ -127,3 +130,85 @@ def test_describe_names_kind_dtype_and_shape():
         "int8[2,3]",
         "int 5",
     ]
+
+
+# ---------------------------------------------------------------- namedtuple classes on load
+
+
+def _loaded(tree):
+    return unflatten(flatten(tree).skeleton, lambda n: None)
+
+
+def test_namedtuple_records_its_defining_module():
+    assert flatten(Pair(None, None)).skeleton["module"] == __name__
+
+
+def test_namedtuple_loads_as_its_own_class_when_its_module_is_imported():
+    assert type(_loaded(Pair(None, 1))) is Pair
+
+
+def test_namedtuple_of_a_module_not_imported_is_a_fresh_class_and_nothing_is_imported():
+    node = {**flatten(Pair(None, None)).skeleton, "module": "ckpt_never_imported_module"}
+    loaded = unflatten(node, lambda n: None)
+    assert type(loaded) is not Pair and (type(loaded).__name__, loaded._fields) == ("Pair", ("first", "second"))
+    assert "ckpt_never_imported_module" not in sys.modules
+
+
+def test_namedtuple_whose_fields_differ_from_the_imported_class_is_a_fresh_class():
+    node = {**flatten(Pair(None, None)).skeleton, "fields": ["second", "first"]}
+    assert type(unflatten(node, lambda n: None)) is not Pair
+
+
+def test_namedtuple_named_after_a_class_that_is_not_a_namedtuple_is_a_fresh_class():
+    node = {"kind": "namedtuple", "name": "OrderedDict", "fields": [], "children": [], "module": "collections"}
+    assert type(unflatten(node, lambda n: None)) is not collections.OrderedDict
+
+
+def test_namedtuple_in_a_module_object_that_is_not_a_plain_module_is_not_looked_up():
+    class Lazy(types.ModuleType):
+        pass
+
+    lazy = Lazy("ckpt_lazy_module")
+    lazy.Pair = collections.namedtuple("Pair", "first second", module="ckpt_lazy_module")
+    sys.modules["ckpt_lazy_module"] = lazy
+    try:
+        node = {**flatten(lazy.Pair(None, None)).skeleton}
+        assert node["module"] == "ckpt_lazy_module"
+        assert type(unflatten(node, lambda n: None)) is not lazy.Pair
+    finally:
+        del sys.modules["ckpt_lazy_module"]
+
+
+def test_namedtuple_fields_equal_after_nfkc_normalisation_are_refused_at_save():
+    class Ligature(tuple):
+        _fields = ("fi", "\ufb01")
+
+    with pytest.raises(
+        CkptSchemaError,
+        match=r"^<root>: namedtuple Ligature with fields \('fi', 'ﬁ'\) cannot be recreated on load: .* "
+        r"distinct after Unicode NFKC normalisation \(as Python compiles them\); rename them$",
+    ):
+        flatten(Ligature((None, None)))
+
+
+# ------------------------------------------------------------------------ childless nodes
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Childless:
+    pass
+
+
+def test_pytree_node_without_children_is_a_node_without_children():
+    assert flatten({"e": Childless()}).skeleton["children"][0] == {
+        "kind": "node",
+        "type": f"{__name__}.Childless",
+        "keys": [],
+        "children": [],
+    }
+
+
+def test_pytree_node_without_children_is_rebuilt_through_its_template():
+    template = flatten({"e": Childless()}, template=True).skeleton
+    assert rebuild(template, lambda n: None) == {"e": Childless()}
