@@ -787,7 +787,7 @@ def _hook_repository(path: Path) -> Path:
 
 @pytest.mark.slow
 def test_pre_commit_hooks_run_with_try_repo_on_a_sample_repository(tmp_path):
-    """Both hooks in one `try-repo` run (each run pip-installs the package into a fresh store)."""
+    """Both hooks in one `try-repo` run, which orders them by id (each run pip-installs the package afresh)."""
     hooks = _hook_repository(tmp_path / "hooks")
     sample = _sample_repository(tmp_path / "sample")
     main(["schema", saved(sample, "b.safetensors"), "--beside"])
