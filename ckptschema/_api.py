@@ -1105,8 +1105,9 @@ def load_schema(source: PathLike | IO[bytes]) -> Schema:
     Example:
         >>> import io, numpy as np, ckptschema
         >>> text = ckptschema.manifest_of({"w": np.zeros(3, np.float32)}).schema_document()
-        >>> ckptschema.load_schema(io.BytesIO(text.encode())).skeleton["keys"]
-        ['w']
+        >>> schema = ckptschema.load_schema(io.BytesIO(text.encode()))
+        >>> schema.framework, schema.skeleton["keys"]
+        ('jax', ['w'])
     """
     if isinstance(source, (str, os.PathLike)):
         where = os.fspath(source)

@@ -232,6 +232,8 @@ def _skeleton(entries: dict[str, Any], separator: str, values: bool) -> dict[str
                 raise ValueError(f"deeper than MAX_DEPTH={MAX_DEPTH}")
             if container:
                 wrappers[path], base = _parse_container(text)
+                if len(path) + len(wrappers[path]) > MAX_DEPTH:
+                    raise ValueError(f"deeper than MAX_DEPTH={MAX_DEPTH}")
             else:
                 base = _parse_leaf(text, path, separator, values)
             if base is not None and bases.get(path) is not None:
@@ -389,7 +391,7 @@ def parse_schema(text: str, where: str) -> Schema:
         checked = _with_placeholders(skeleton) if structure_only else skeleton
         fields = {"framework": framework, "separator": separator, "checksum": checksum}
         Manifest.from_data({"version": 1, **fields, "skeleton": checked})
-    except ValueError as e:  # a Pydantic ValidationError among them
+    except (ValueError, RecursionError) as e:  # a Pydantic ValidationError among them
         raise FormatError(f"{where}: invalid schema document: {short_error(e)}") from e
     if structure_only and checksum is not None:
         raise FormatError(f"{where}: a structure-only document has checksum null")

@@ -233,6 +233,14 @@ def test_todays_committed_documents_still_validate(tmp_path):
     assert schema.document() == ckptschema.read_manifest(tmp_path / "m.safetensors").schema_document()
 
 
+def test_inspect_shows_a_schema_document(tmp_path, capsys):
+    from ckptschema.cli import main
+
+    (tmp_path / "s.json").write_text(_doc({"w": np.zeros((2, 3), F32)}, structure_only=True))
+    assert main(["inspect", str(tmp_path / "s.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{tmp_path / 's.json'}: jax schema document, no checksums"
+
+
 def test_load_schema_reads_a_stream():
     text = _doc({"w": np.zeros(1, F32)})
     assert ckptschema.load_schema(io.BytesIO(text.encode())).document() == text
@@ -269,6 +277,14 @@ def test_bad_documents_are_refused_naming_the_entry(edit, message):
     with pytest.raises(ckptschema.FormatError) as e:
         parse_schema(json.dumps({**data, **edit}), "s.json")
     assert str(e.value) == message
+
+
+def test_a_chain_of_wrappers_deeper_than_the_limit_is_refused():
+    data = json.loads(_doc({"w": np.zeros(2, F32)}))
+    chain = " > ".join(["wrapper flax.nnx.Param"] * 300)
+    with pytest.raises(ckptschema.FormatError) as e:
+        parse_schema(json.dumps({**data, "/w/": chain}), "s.json")
+    assert str(e.value) == 's.json: invalid schema document: "/w/": deeper than MAX_DEPTH=256'
 
 
 def test_a_structure_only_document_with_a_digest_is_refused():
