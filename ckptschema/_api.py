@@ -409,7 +409,7 @@ def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bo
                 for name, group in zip(names, groups):
                     header = _storage.header_bytes(_storage.entries_json(plan.layout[i] for i in group), plan.metadata)
                     written.append(os.path.join(where, name))
-                    with _storage.atomic_file(written[-1]) as out:
+                    with _storage.atomic_file(written[-1], clean=False) as out:  # a new name: no leftovers
                         if len(written) == 1:
                             held.callback(os.close, os.dup(out.fileno()))  # the lock, until the index is in place
                         arrays = [plan.arrays[i] for i in group]

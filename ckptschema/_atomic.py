@@ -23,20 +23,22 @@ __all__ = ["atomic_file", "lock_if_unused", "remove_if_stale", "remove_stale_tem
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike[str], *, clean: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
 
     The temporary file is locked (`fcntl.flock`) from its creation until it is renamed, so
     stale ones, left by a save that was killed, can be told from those of a save still
     running: before creating its own, a save removes the stale ones of the same target
-    (`remove_stale_temps`). The lock is on the open file, so a caller that keeps a
-    duplicate of ``f.fileno()`` holds it on the renamed file until that closes.
+    (`remove_stale_temps`; ``clean=False`` skips that, for a target no save wrote before).
+    The lock is on the open file, so a caller that keeps a duplicate of ``f.fileno()``
+    holds it on the renamed file until that closes.
 
     On any failure the temporary file is removed and `path` is untouched.
     """
     target = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(target)
-    remove_stale_temps(target)
+    if clean:
+        remove_stale_temps(target)
     fd, tmp = _create_beside(target)
     try:
         with os.fdopen(fd, "w+b", buffering=1 << 20) as f:
