@@ -15,8 +15,8 @@ string. An int part is written in decimal; a str part bare unless it is empty, h
 or ``'``, or reads as an int, in which case it is single-quoted with each ``'`` doubled:
 int ``0`` is ``/0``, str ``"0"`` is ``/'0'``, haiku's ``"mlp/~/linear_0"`` is
 ``/'mlp/~/linear_0'``. Names ending in ``/`` describe the **container** at that path
-(``tuple``, ``list``, ``dict``, ``dict flax.core.FrozenDict``, ``namedtuple P(x,y)``,
-``node pkg.Cls``, ``wrapper flax.nnx.Param {"k":1}``, wrappers outermost first, joined by
+(``tuple``, ``list``, ``dict``, ``dict flax.core.FrozenDict``, ``namedtuple P(x,y)`` or,
+when the manifest records its module, ``namedtuple optax._src.base.ScaleState(count,mu)``, ``node pkg.Cls``, ``wrapper flax.nnx.Param {"k":1}``, wrappers outermost first, joined by
 `` > ``); plain dicts that hold something are implied by their children's paths and get no
 line. Other names are **leaves**: ``dtype[shape]`` with an optional ``sha256:`` digest,
 ``bool True``, ``int 3``, ``float 0.5`` (the exact repr), ``str "json"``, or ``none``.
@@ -70,7 +70,8 @@ def _type_token(name: str) -> str:
 def _item(node: dict[str, Any]) -> str:
     kind = node["kind"]
     if kind == "namedtuple":
-        return f"namedtuple {node['name']}({','.join(node['fields'])})"
+        name = f"{node['module']}.{node['name']}" if "module" in node else node["name"]
+        return f"namedtuple {name}({','.join(node['fields'])})"
     if kind in ("list", "tuple") or (kind == "dict" and node["type"] is None):
         return kind
     text = f"{kind} {_type_token(node['type'])}"
@@ -161,7 +162,9 @@ def _parse_container(text: str) -> tuple[list[dict[str, Any]], dict[str, Any] | 
         if match is None:
             raise ValueError(f"{text!r} is not a container")
         fields = match.group(2).split(",") if match.group(2) else []
-        return wrappers, {"kind": "namedtuple", "name": match.group(1), "fields": fields, "children": []}
+        module, _, name = match.group(1).rpartition(".")
+        node = {"kind": "namedtuple", "name": name, "fields": fields, "children": []}
+        return wrappers, {**node, "module": module} if module else node
 
 
 def _parse_leaf(text: str, path: Path, separator: str, values: bool) -> dict[str, Any]:
