@@ -16,7 +16,8 @@ or ``'``, or reads as an int, in which case it is single-quoted with each ``'`` 
 int ``0`` is ``/0``, str ``"0"`` is ``/'0'``, haiku's ``"mlp/~/linear_0"`` is
 ``/'mlp/~/linear_0'``. Names ending in ``/`` describe the **container** at that path
 (``tuple``, ``list``, ``dict``, ``dict flax.core.FrozenDict``, ``namedtuple P(x,y)`` or,
-when the manifest records its module, ``namedtuple optax._src.base.ScaleState(count,mu)``, ``node pkg.Cls``, ``wrapper flax.nnx.Param {"k":1}``, wrappers outermost first, joined by
+when the manifest records its module, ``namedtuple optax._src.base.ScaleState(count,mu)``,
+``node pkg.Cls``, ``wrapper flax.nnx.Param {"k":1}``, wrappers outermost first, joined by
 `` > ``); plain dicts that hold something are implied by their children's paths and get no
 line. Other names are **leaves**: ``dtype[shape]`` with an optional ``sha256:`` digest,
 ``bool True``, ``int 3``, ``float 0.5`` (the exact repr), ``str "json"``, or ``none``.

@@ -124,8 +124,8 @@ class _Comparer:
     def compare(self, found: dict[str, Any], expected: dict[str, Any], path: tuple[KeyPart, ...]) -> None:
         fk, ek = found["kind"], expected["kind"]
         if fk == "wrapper" or ek == "wrapper":
-            if fk == ek and found["type"] != expected["type"]:
-                self.issue("structure", path, describe(found), describe(expected))
+            if fk == ek and _wrapper_identity(found) != _wrapper_identity(expected):
+                self.issue("structure", path, _describe_wrapper(found), _describe_wrapper(expected))
                 return
             self.compare(
                 found["child"] if fk == "wrapper" else found, expected["child"] if ek == "wrapper" else expected, path
@@ -193,6 +193,21 @@ class _Comparer:
                 self.leaves("missing", child, (*path, key))
         for key, child in found_children.items():
             self.leaves("unexpected", child, (*path, key))
+
+
+#: Wrapper metadata that changes what the wrapped bytes mean: a PRNG key's implementation
+#: (``rbg`` and ``unsafe_rbg`` keys have the same key data shape, but are different keys).
+_IDENTITY_METADATA = {"jax.random.key": "impl"}
+
+
+def _wrapper_identity(node: dict[str, Any]) -> tuple[str, Any]:
+    field = _IDENTITY_METADATA.get(node["type"])
+    return node["type"], node.get("metadata", {}).get(field) if field else None
+
+
+def _describe_wrapper(node: dict[str, Any]) -> str:
+    _, identity = _wrapper_identity(node)
+    return describe(node) if identity is None else f"{describe(node)} ({identity})"
 
 
 def _short_type(name: str) -> str:

@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import ckptschema
 from ckptschema._tree import flatten
@@ -97,3 +98,15 @@ def test_report_json_lists_issue_fields():
         "ok": False,
         "issues": [{"kind": "shape", "path": "w", "found": "(3,)", "expected": "(2,)", "against": "template"}],
     }
+
+
+def test_prng_keys_of_another_implementation_do_not_match_the_template():
+    saved = {"rng": jax.random.key(0, impl="rbg")}
+    template = {"rng": jax.random.key(0, impl="unsafe_rbg")}
+    with pytest.raises(ckptschema.ValidationError) as e:
+        ckptschema.loads(ckptschema.dumps(saved), template)
+    assert e.value.issues[0].found == "wrapper jax.random.key (rbg)"
+    assert e.value.issues[0].expected == "wrapper jax.random.key (unsafe_rbg)"
+    assert str(e.value.issues[0]) == (
+        "rng: structure wrapper jax.random.key (rbg) in file, wrapper jax.random.key (unsafe_rbg) in template"
+    )
