@@ -149,8 +149,8 @@ class _Plan:
     def manifest(self) -> Manifest:
         """The manifest, digests included, built without validating it again: `check` has
         validated this very data with placeholder digests, and real digests differ only in
-        their hex digits."""
-        return Manifest.model_construct(**self.data)
+        their hex digits. It carries the header's user metadata, as `read_manifest` gives it."""
+        return with_metadata(Manifest.model_construct(**self.data), self.metadata)
 
     def set_digests(self, digests: list[str | None]) -> None:
         for node, digest in zip(self.nodes, digests):
@@ -367,7 +367,7 @@ def manifest_of(
         _shards.parse_size(max_shard_size)
     plan.check("<manifest_of>")
     plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
-    return with_metadata(plan.manifest(), plan.metadata)
+    return plan.manifest()
 
 
 def _save_remote(url: str, plan: _Plan) -> Manifest:

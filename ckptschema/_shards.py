@@ -247,7 +247,7 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
     """Open a sharded checkpoint: check its index and every shard's header against it.
 
     Returns the shards as one `ShardedSource` and one `Header` whose entries point into it;
-    its metadata holds the manifest text (if the index has one).
+    its metadata holds the first shard's user metadata and the manifest text (if the index has one).
 
     Raises:
         FormatError: naming the index or shard and what is wrong.
@@ -259,11 +259,13 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
     source = ShardedSource(where, [os.path.join(directory, name) for name in names])
     try:
         entries: dict[str, Entry] = {}
+        user_metadata: dict[str, str] = {}
         for i, name in enumerate(names):
             with source.shard(i) as shard:
                 header = _storage.read_header(shard)
             if MANIFEST_KEY in header.metadata:
                 raise FormatError(f"{shard.name}: a shard must not hold a manifest of its own")
+            user_metadata = user_metadata or header.metadata
             base = source.bases[i]
             for key, entry in header.entries.items():
                 listed = weight_map.get(key)
@@ -281,7 +283,7 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
     if text is not None and not isinstance(text, str):
         source.close()
         raise FormatError(f"{where}: metadata['{MANIFEST_KEY}'] must be the manifest as a JSON string")
-    return source, Header(entries, {} if text is None else {MANIFEST_KEY: text}, 0)
+    return source, Header(entries, user_metadata if text is None else {**user_metadata, MANIFEST_KEY: text}, 0)
 
 
 def _open_shard(path: str) -> FileSource:

@@ -491,6 +491,11 @@ def test_read_manifest_gives_back_the_header_user_metadata(tmp_path):
     assert ckptschema.read_manifest(tmp_path / "m.safetensors").metadata == {"run": "7", "note": "é"}
 
 
+def test_save_returns_the_manifest_with_the_user_metadata_it_wrote(tmp_path):
+    manifest = ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(2, np.float32)}, metadata={"run": "7"})
+    assert manifest.metadata == {"run": "7"} == ckptschema.read_manifest(tmp_path / "m.safetensors").metadata
+
+
 def test_manifest_of_carries_the_metadata_save_would_write():
     manifest = ckptschema.manifest_of({"w": np.ones(2, np.float32)}, metadata={"run": "7"})
     assert manifest.metadata == {"run": "7"}

@@ -360,3 +360,9 @@ def test_sharded_save_removes_no_shard_while_the_index_cannot_be_read(tmp_path):
     (tmp_path / INDEX).write_text("{not json")
     ckptschema.save(tmp_path, _tree(), max_shard_size="2KB")
     assert before <= set(os.listdir(tmp_path))
+
+
+def test_sharded_checkpoint_gives_back_its_user_metadata(tmp_path):
+    tree = {"a": np.zeros(16, np.float32), "b": np.ones(16, np.float32)}
+    saved = ckptschema.save(tmp_path / "ckpt", tree, metadata={"run": "7"}, max_shard_size=64)
+    assert saved.metadata == {"run": "7"} == ckptschema.read_manifest(tmp_path / "ckpt").metadata
