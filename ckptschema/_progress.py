@@ -83,6 +83,10 @@ class _ReadingSource:
     def close(self) -> None:
         self._source.close()
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else a source offers (a sharded source's ``locate``) is the wrapped source's."""
+        return getattr(self._source, name)
+
 
 @contextlib.contextmanager
 def reading(source: Any, total: int, description: str, requested: bool) -> Iterator[Any]:
