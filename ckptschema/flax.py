@@ -48,6 +48,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by test
 
 import ckptschema
 
+from . import _safejax
 from ._containers import WRAPPER_METADATA, Container, register
 
 __all__ = ["deserialize", "load", "load_into", "save", "serialize"]
@@ -248,24 +249,35 @@ def load_into(model: nnx.Pytree, path: PathLike, **load_kwargs: Any) -> None:
     nnx.update(model, state)
 
 
-def serialize(tree_or_model: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
-    """safejax's spelling: `save` to `filename` (returns the manifest), or return the bytes.
+def serialize(params: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
+    """safejax's ``serialize``: `save` to `filename` (returns the manifest), or return the bytes.
+
+    Args:
+        params: flax variables, any pytree, an nnx ``State`` or an nnx Module (saved as
+            ``nnx.state(model)``).
+        filename: the file to write; None returns the bytes instead.
+        **save_kwargs: the options of `ckptschema.save`; ``framework`` defaults as for `save`.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema.flax
-        >>> data = ckptschema.flax.serialize({"params": {"w": jnp.arange(3.0)}})
-        >>> ckptschema.flax.deserialize(data)["params"]["w"].tolist()
+        >>> data = ckptschema.flax.serialize(params={"params": {"w": jnp.arange(3.0)}})
+        >>> ckptschema.flax.deserialize(path_or_buf=data)["params"]["w"].tolist()
         [0.0, 1.0, 2.0]
     """
-    if filename is None:
-        tree = _as_tree(tree_or_model)
-        save_kwargs.setdefault("framework", _framework(tree))
-        return ckptschema.dumps(tree, **save_kwargs)
-    return save(filename, tree_or_model, **save_kwargs)
+    tree = _as_tree(params)
+    save_kwargs.setdefault("framework", _framework(tree))
+    return _safejax.serialize(tree, filename, **save_kwargs)
 
 
-def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) -> Any:
-    """safejax's spelling: `load` from a path or from bytes.
+def deserialize(
+    path_or_buf: PathLike | bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any
+) -> Any:
+    """safejax's ``deserialize``: `load` from a path, or from bytes.
+
+    Args:
+        path_or_buf: the checkpoint (as for `load`), or its bytes.
+        template: as for `load` (an nnx Module stands for ``nnx.state(model)``).
+        **load_kwargs: the options of `ckptschema.load`.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema.flax
@@ -275,4 +287,4 @@ def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) ->
     """
     if template is not None:
         template = _as_tree(template)
-    return ckptschema.deserialize(path_or_bytes, template, **load_kwargs)
+    return _safejax.deserialize(path_or_buf, template, **load_kwargs)

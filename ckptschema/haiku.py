@@ -24,6 +24,8 @@ from typing import Any
 
 import ckptschema
 
+from . import _safejax
+
 __all__ = ["deserialize", "load", "save", "serialize"]
 
 PathLike = str | os.PathLike[str]
@@ -74,23 +76,33 @@ def load(path: PathLike, template: Any = None, **load_kwargs: Any) -> Any:
     return ckptschema.load(path, template, **load_kwargs)
 
 
-def serialize(tree: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
-    """safejax's spelling: `save` to `filename` (returns the manifest), or return the bytes.
+def serialize(params: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
+    """safejax's ``serialize``: `save` to `filename` (returns the manifest), or return the bytes.
+
+    Args:
+        params: haiku params, state, or any pytree of them.
+        filename: the file to write; None returns the bytes instead.
+        **save_kwargs: the options of `ckptschema.save`; ``framework`` defaults to ``haiku``.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema.haiku
-        >>> data = ckptschema.haiku.serialize({"linear": {"w": jnp.ones(2)}})
-        >>> ckptschema.haiku.deserialize(data)["linear"]["w"].tolist()
+        >>> data = ckptschema.haiku.serialize(params={"linear": {"w": jnp.ones(2)}})
+        >>> ckptschema.haiku.deserialize(path_or_buf=data)["linear"]["w"].tolist()
         [1.0, 1.0]
     """
-    if filename is None:
-        save_kwargs.setdefault("framework", "haiku")
-        return ckptschema.dumps(tree, **save_kwargs)
-    return save(filename, tree, **save_kwargs)
+    save_kwargs.setdefault("framework", "haiku")
+    return _safejax.serialize(params, filename, **save_kwargs)
 
 
-def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) -> Any:
-    """safejax's spelling: `load` from a path or from bytes.
+def deserialize(
+    path_or_buf: PathLike | bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any
+) -> Any:
+    """safejax's ``deserialize``: `load` from a path, or from bytes.
+
+    Args:
+        path_or_buf: the checkpoint (as for `load`), or its bytes.
+        template: as for `load`.
+        **load_kwargs: the options of `ckptschema.load`.
 
     Example:
         >>> import jax.numpy as jnp, ckptschema.haiku
@@ -98,4 +110,4 @@ def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) ->
         >>> ckptschema.haiku.deserialize(tmp_path / "w.safetensors")["w"].shape
         (2,)
     """
-    return ckptschema.deserialize(path_or_bytes, template, **load_kwargs)
+    return _safejax.deserialize(path_or_buf, template, **load_kwargs)

@@ -33,6 +33,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by test
 
 import ckptschema
 
+from . import _safejax
 from ._containers import Container, register
 
 __all__ = ["deserialize", "load", "load_into", "save", "serialize"]
@@ -213,23 +214,34 @@ def load_into(vars_or_module: Any, path: PathLike, **load_kwargs: Any) -> None:
         target.assign(loaded[name].value, check=False)
 
 
-def serialize(vars_or_module: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
-    """safejax's spelling: `save` to `filename` (returns the manifest), or return the bytes.
+def serialize(params: Any, filename: PathLike | None = None, **save_kwargs: Any) -> bytes | ckptschema.Manifest:
+    """safejax's ``serialize``: `save` to `filename` (returns the manifest), or return the bytes.
+
+    Args:
+        params: ``model.vars()``, an objax Module (saved as its ``vars()``), or any pytree
+            holding VarCollections.
+        filename: the file to write; None returns the bytes instead.
+        **save_kwargs: the options of `ckptschema.save`; ``framework`` defaults to ``objax``.
 
     Example:
         >>> import objax, ckptschema.objax
-        >>> data = ckptschema.objax.serialize(objax.nn.Linear(2, 3).vars())
-        >>> sorted(ckptschema.objax.deserialize(data).keys())
+        >>> data = ckptschema.objax.serialize(params=objax.nn.Linear(2, 3).vars())
+        >>> sorted(ckptschema.objax.deserialize(path_or_buf=data).keys())
         ['(Linear).b', '(Linear).w']
     """
-    if filename is None:
-        save_kwargs.setdefault("framework", "objax")
-        return ckptschema.dumps(_as_vars(vars_or_module), **save_kwargs)
-    return save(filename, vars_or_module, **save_kwargs)
+    save_kwargs.setdefault("framework", "objax")
+    return _safejax.serialize(_as_vars(params), filename, **save_kwargs)
 
 
-def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) -> Any:
-    """safejax's spelling: `load` from a path or from bytes.
+def deserialize(
+    path_or_buf: PathLike | bytes | bytearray | memoryview, template: Any = None, **load_kwargs: Any
+) -> Any:
+    """safejax's ``deserialize``: `load` from a path, or from bytes.
+
+    Args:
+        path_or_buf: the checkpoint (as for `load`), or its bytes.
+        template: as for `load` (a Module stands for its ``vars()``).
+        **load_kwargs: the options of `ckptschema.load`.
 
     Example:
         >>> import objax, ckptschema.objax
@@ -239,4 +251,4 @@ def deserialize(path_or_bytes: Any, template: Any = None, **load_kwargs: Any) ->
     """
     if template is not None:
         template = _as_vars(template)
-    return ckptschema.deserialize(path_or_bytes, template, **load_kwargs)
+    return _safejax.deserialize(path_or_buf, template, **load_kwargs)

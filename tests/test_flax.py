@@ -96,6 +96,14 @@ def test_serialize_deserialize_aliases_round_trip_bytes():
     np.testing.assert_array_equal(MLP().apply(loaded, X), MLP().apply(variables, X))
 
 
+def test_serialize_and_deserialize_take_safejax_keyword_names(tmp_path):
+    variables = _linen_variables()
+    manifest = ckptschema.flax.serialize(params=variables, filename=tmp_path / "kw.safetensors")
+    loaded = ckptschema.flax.deserialize(path_or_buf=tmp_path / "kw.safetensors")
+    assert manifest.framework == "flax"
+    np.testing.assert_array_equal(MLP().apply(loaded, X), MLP().apply(variables, X))
+
+
 def test_safejax_style_file_without_manifest_loads_with_template(tmp_path):
     variables = _linen_variables()
     flat = {".".join(k.key for k in path): np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(variables)}

@@ -95,3 +95,11 @@ def test_model_of_other_shape_fails_naming_path(tmp_path):
 def test_serialize_deserialize_aliases_round_trip_bytes():
     tree = _trained()
     np.testing.assert_array_equal(_apply(ckptschema.haiku.deserialize(ckptschema.haiku.serialize(tree))), _apply(tree))
+
+
+def test_serialize_and_deserialize_take_safejax_keyword_names(tmp_path):
+    tree = _trained()
+    manifest = ckptschema.haiku.serialize(params=tree, filename=tmp_path / "kw.safetensors")
+    loaded = ckptschema.haiku.deserialize(path_or_buf=tmp_path / "kw.safetensors")
+    assert manifest.framework == "haiku"
+    np.testing.assert_array_equal(_apply(loaded), _apply(tree))

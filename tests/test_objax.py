@@ -144,3 +144,12 @@ def test_serialize_deserialize_aliases_round_trip_bytes():
     loaded = ckptschema.objax.deserialize(ckptschema.objax.serialize(model.vars()))
     for name, value in _values(model.vars()).items():
         np.testing.assert_array_equal(np.asarray(loaded[name].value), value)
+
+
+def test_serialize_and_deserialize_take_safejax_keyword_names(tmp_path):
+    model = _trained()
+    manifest = ckptschema.objax.serialize(params=model, filename=tmp_path / "kw.safetensors")
+    loaded = ckptschema.objax.deserialize(path_or_buf=tmp_path / "kw.safetensors")
+    assert manifest.framework == "objax"
+    for name, value in _values(model.vars()).items():
+        np.testing.assert_array_equal(np.asarray(loaded[name].value), value)
