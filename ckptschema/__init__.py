@@ -86,8 +86,8 @@ def register_container(*containers: Container) -> None:
         ...         name="mylib.Params",
         ...         framework="mylib",
         ...         kind="dict",
-        ...         match=lambda obj: type(obj) is Params,
-        ...         build=lambda children, metadata=None: Params(children),
+        ...         match=lambda obj, cls=Params: type(obj) is cls,
+        ...         build=lambda children, metadata=None, cls=Params: cls(children),
         ...     )
         ... )
         >>> type(ckptschema.loads(ckptschema.dumps(Params(w=np.ones(2))))).__name__

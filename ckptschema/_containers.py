@@ -42,6 +42,9 @@ ADAPTERS = {"flax": "ckptschema.flax", "objax": "ckptschema.objax"}
 #: Python's own dict types that keep their identity in a manifest.
 _BUILTIN = "collections.OrderedDict"
 
+#: Top-level names of the containers the core itself registers.
+_CORE = ("collections", "jax")
+
 #: The mapping containers a manifest may name in a ``dict`` node. Every other container name
 #: it may hold is a one-child ``wrapper``.
 MAPPINGS = frozenset({_BUILTIN, "flax.FrozenDict", "flax.nnx.State", "objax.VarCollection"})
@@ -81,6 +84,9 @@ class Container:
     metadata: Callable[[Any], dict[str, Any]] | None = None
     rebuild_like: Callable[[Any, Any], Any] | None = None
     items: Callable[[Any], Any] = operator.methodcaller("items")
+    #: For a wrapper outside the frameworks of `WRAPPER_METADATA`: the metadata keys a file
+    #: may give it, each with the one JSON type of its value (none by default).
+    metadata_types: Mapping[str, type] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Container] = {}
@@ -88,18 +94,29 @@ _BY_TYPE: dict[type, Container | None] = {}
 
 
 def register(*containers: Container) -> None:
-    """Add framework containers to the allow-list (called by the framework adapters).
+    """Add containers to the allow-list (the framework adapters, and users through
+    `ckptschema.register_container`).
+
+    Names under the core (``collections``, ``jax``) and the frameworks of `ADAPTERS` follow
+    the fixed file rules, which hold before any adapter is imported; any other name takes its
+    kind, and a wrapper its ``metadata_types``, from its registration.
 
     Raises:
-        ValueError: for a container whose kind disagrees with `MAPPINGS`, or a wrapper of a
-            framework without an entry in `WRAPPER_METADATA`: the file rules would not hold.
+        ValueError: for a core or framework container whose kind disagrees with `MAPPINGS`
+            and `WRAPPER_METADATA`, or one that would change an earlier registration's kind.
     """
     for c in containers:
         top = c.name.partition(".")[0]
-        if (c.kind == "dict") != (c.name in MAPPINGS) or (c.kind == "wrapper" and top not in WRAPPER_METADATA):
+        fixed = top in ADAPTERS or top in _CORE
+        disagrees = (c.kind == "dict") != (c.name in MAPPINGS) or (c.kind == "wrapper" and top not in WRAPPER_METADATA)
+        if fixed and disagrees:
             raise ValueError(f"container {c.name!r} of kind {c.kind!r} disagrees with MAPPINGS and WRAPPER_METADATA")
+        earlier = _REGISTRY.get(c.name)
+        if earlier is not None and earlier.kind != c.kind:
+            raise ValueError(f"container {c.name!r} is registered as a {earlier.kind} already")
         _REGISTRY[c.name] = c
     _BY_TYPE.clear()
+    _rule.cache_clear()
 
 
 def _load_adapter(top: str) -> None:
@@ -171,10 +188,16 @@ def refusal(node: Mapping[str, Any]) -> str | None:
 def _rule(name: str) -> tuple[bool, bool, dict[str, type]]:
     """Whether a container name is on the allow-list, whether it is a mapping, and its wrappers' metadata.
 
-    Stable for each name: adapters register only names under a framework of `ADAPTERS`.
+    Names of the core and of `ADAPTERS` follow the fixed rules; others their registration
+    (`register` clears this cache).
     """
     top = name.partition(".")[0]
-    return name in _REGISTRY or top in ADAPTERS, name in MAPPINGS, WRAPPER_METADATA.get(top, {})
+    if top in ADAPTERS or top in _CORE:
+        return name in _REGISTRY or top in ADAPTERS, name in MAPPINGS, WRAPPER_METADATA.get(top, {})
+    registered = _REGISTRY.get(name)
+    if registered is None:
+        return False, False, {}
+    return True, registered.kind == "dict", dict(registered.metadata_types)
 
 
 def _key_refusal(metadata: Mapping[str, Any], child: Mapping[str, Any]) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,8 +150,41 @@ def test_every_registered_container_has_the_kind_the_file_rules_give_it():
     import ckptschema.flax
     import ckptschema.objax  # noqa: F401  (both register their containers)
 
-    assert {name for name, c in _REGISTRY.items() if c.kind == "dict"} == MAPPINGS
-    assert {name.partition(".")[0] for name, c in _REGISTRY.items() if c.kind == "wrapper"} <= set(WRAPPER_METADATA)
+    tops = ("collections", "jax", "flax", "objax")
+    ours = {name: c for name, c in _REGISTRY.items() if name.partition(".")[0] in tops}
+    assert {name for name, c in ours.items() if c.kind == "dict"} == MAPPINGS
+    assert {name.partition(".")[0] for name, c in ours.items() if c.kind == "wrapper"} <= set(WRAPPER_METADATA)
+
+
+class _Box:
+    """A user's one-child container, registered as a wrapper with one metadata key."""
+
+    def __init__(self, value, unit="m"):
+        self.value, self.unit = value, unit
+
+
+def test_a_user_registered_wrapper_round_trips_with_its_declared_metadata():
+    jax.tree_util.register_pytree_node(_Box, lambda b: ((b.value,), b.unit), lambda unit, c: _Box(c[0], unit))
+    ckptschema.register_container(
+        ckptschema.Container(
+            name="tests.Box",
+            framework="tests",
+            kind="wrapper",
+            match=lambda obj: type(obj) is _Box,
+            build=lambda child, metadata: _Box(child, metadata["unit"]),
+            unwrap=lambda box: box.value,
+            metadata=lambda box: {"unit": box.unit},
+            metadata_types={"unit": str},
+        )
+    )
+    loaded = ckptschema.loads(ckptschema.dumps({"d": _Box(np.arange(3.0), "km")}))
+    assert (type(loaded["d"]), loaded["d"].unit, loaded["d"].value.tolist()) == (_Box, "km", [0.0, 1.0, 2.0])
+
+
+def test_a_framework_container_of_the_wrong_kind_cannot_be_registered():
+    wrong = ckptschema.Container(name="flax.Fake", framework="flax", kind="dict", match=bool, build=dict)
+    with pytest.raises(ValueError, match="disagrees with MAPPINGS"):
+        ckptschema.register_container(wrong)
 
 
 # -------------------------------------------------------------- nnx and objax metadata
