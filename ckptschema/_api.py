@@ -512,7 +512,8 @@ def _check_manifest_matches_header(manifest: Manifest, header: Header, where: st
     for path, node in iter_nodes(manifest.skeleton):  # type: ignore[arg-type]
         if node["kind"] != "tensor":
             # Container types, kinds and metadata as the allow-list allows; no name is ever imported.
-            problem = _containers.refusal(node) if node["kind"] in ("dict", "wrapper") and node["type"] else None
+            typed = node["kind"] in ("dict", "wrapper") and node["type"] is not None
+            problem = _containers.refusal(node) if typed else None
             if problem is not None:
                 invalid.append(f"container type {node['type']!r} at {keypath(path)} {problem}")
             continue

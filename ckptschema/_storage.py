@@ -243,7 +243,7 @@ def _check_header(header: Any, where: str, data_start: int, data_size: int) -> H
         if offset - data_start == data_size:
             return Header(entries, metadata, data_start)
     offset = data_start
-    for key, entry in sorted(entries.items(), key=lambda item: item[1].start):
+    for key, entry in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
         if entry.start != offset:
             gap = entry.start - offset
             problem = "overlaps the tensor before it" if gap < 0 else f"leaves a gap of {gap} bytes"

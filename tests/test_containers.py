@@ -296,3 +296,10 @@ def test_container_refusal_of_the_fuzzed_files_is_a_library_error(tmp_path):
         path = _hostile(tmp_path, {"d": {"w": np.ones(2, np.float32)}}, edit)
         with pytest.raises(CkptSchemaError):
             ckptschema.loads(path.read_bytes())
+
+
+@pytest.mark.parametrize("edit", [_wrap("", {}), _retype("d", "")], ids=["wrapper", "dict"])
+def test_an_empty_container_type_is_refused_by_every_reader(tmp_path, edit):
+    path = _hostile(tmp_path, {"k": np.ones(2, np.float32), "d": {"w": np.ones(2, np.float32)}}, edit)
+    where = "k" if edit.__qualname__.startswith("_wrap") else "d"
+    _assert_refused(path, f"container type '' at {where} is not on the allow-list")

@@ -149,3 +149,16 @@ def test_header_of_one_tensor_over_max_tensors_is_refused_naming_the_limit(metad
     with pytest.raises(ckptschema.FormatError) as e:
         _storage.read_header(_storage.BytesSource(_many_tensors(MAX_TENSORS + 1, metadata)))
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"z":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}',
+        '{"z":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}',
+    ],
+    ids=["empty-listed-after", "empty-listed-before"],
+)
+def test_zero_size_tensor_at_the_offset_of_another_loads_whatever_the_header_order(header):
+    loaded = ckptschema.loads(_raw_file(header, b"\x01\x02\x03\x04"))
+    assert (loaded["a"].tolist(), loaded["z"].shape) == ([1, 2, 3, 4], (0,))
