@@ -45,6 +45,7 @@ collect_ignore = [
         ("tests/test_objax.py", "objax"),
         ("tests/test_optax_equinox.py", "equinox"),
         ("tests/test_penzai.py", "penzai"),
+        ("tests/test_format_doc.py", "flax"),
         ("examples/demo.py", "flax"),
     ]
     if _missing(module)

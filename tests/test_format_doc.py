@@ -90,7 +90,8 @@ def test_limits_table_is_every_constant_of_the_limits_module_with_its_value():
 def test_allow_list_table_is_every_registered_container_with_its_kind():
     rows = _table("| name | kind | built as")
     page = {name: _names(kind)[0] for names, kind, _, _ in rows for name in _names(names)}
-    expected = {c.name: c.kind for c in _containers._REGISTRY.values()}
+    built_in = ("collections", "jax", "flax", "objax")  # not the containers tests register for themselves
+    expected = {c.name: c.kind for c in _containers._REGISTRY.values() if c.name.partition(".")[0] in built_in}
     assert page == expected
 
 
