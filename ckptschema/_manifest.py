@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, NotRequired
 
@@ -379,20 +380,22 @@ def check_skeleton(skeleton: Any) -> None:
     Raises:
         LimitError: naming the limit.
     """
-    count = 0
+    count = 1  # nodes seen so far: counted when pushed, so a list of a million children is refused before its walk
     stack = [(skeleton, 0)]
     while stack:
         node, depth = stack.pop()
-        count += 1
-        check_nodes(count)
         check_depth(depth)
         if not isinstance(node, dict):
             continue
         children = node.get("children")
         if isinstance(children, list):
+            count += len(children)
+            check_nodes(count)
             stack.extend((c, depth + 1) for c in children)
         child = node.get("child")
         if child is not None:
+            count += 1
+            check_nodes(count)
             stack.append((child, depth + 1))
 
 
@@ -425,6 +428,9 @@ def check_json_text(text: str, what: str) -> None:
     if _may_hold_long_int(text.encode("utf-8", "surrogatepass")):
         _strict_slow(text, what, max_objects=len(text), constant=float)
 
+
+#: A JSON string, escapes included: removing every one leaves the braces that open objects.
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 
 #: Maps every ASCII digit to ``0``, so a run of digits is found with one substring search.
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
@@ -465,8 +471,10 @@ def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, int | Non
         raise ValueError(f"{what} holds {name}, which is not JSON")
 
     check_json_values(text, what)
-    objects = text.count("{")
-    if objects <= max_objects:  # an upper bound on the number of objects
+    objects = text.count("{")  # an upper bound on the number of objects: braces in strings count too
+    if objects > max_objects and _STRING.sub("", text).count("{") > max_objects:
+        raise ValueError(f"{what} holds more than {max_objects} objects")
+    if objects <= max_objects:
         encoded = text.encode("utf-8", "surrogatepass")
         if not _may_hold_long_int(encoded):
             try:
