@@ -6,6 +6,7 @@ for what it is. JAX reserves several GB of address space when it starts, so a fl
 ``RLIMIT_AS`` of 1 GiB would fail at import; instead the child starts JAX, does a warm-up
 load, and only then sets ``RLIMIT_AS`` to the address space it has mapped plus 1 GiB. Any
 case that tries to map more than 1 GiB beyond that gets a MemoryError, which fails the test.
+Each call is timed by the CPU time the child spends in it, after the frameworks are imported.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .make_corpus import SENTINEL_FILE, SENTINEL_MODULE, build_corpus, split, va
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY = 1 << 30
-SECONDS = 2.0
+#: CPU time (not wall-clock time, which a loaded runner stretches) one call may spend on a case.
+CPU_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,11 @@ def test_every_corpus_case_raises_the_expected_ckptschema_error(corpus_results: 
     assert len(results) > 400
 
 
-def test_every_corpus_case_fails_in_under_2_seconds(corpus_results: list[dict]) -> None:
-    slow = [f"{r['case']} [{r['call']}]: {r['seconds']:.2f}s" for r in corpus_results if r.get("seconds", 0) > SECONDS]
+def test_every_corpus_case_fails_in_under_2_cpu_seconds(corpus_results: list[dict]) -> None:
+    results = [r for r in corpus_results if "case" in r]
+    slow = [
+        f"{r['case']} [{r['call']}]: {r['cpu_seconds']:.2f}s CPU" for r in results if r["cpu_seconds"] > CPU_SECONDS
+    ]
     assert not slow, "\n".join(slow)
 
 
