@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from typing_extensions import TypedDict
 
-from . import _namedtuples, _tree
+from . import _containers, _namedtuples, _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._limits import (
@@ -43,6 +43,7 @@ from ._limits import (
     MAX_METADATA,
     MAX_NODES,
     MAX_RANK,
+    MAX_UNKNOWN_KEYS,
     check_depth,
     check_int_text,
     check_json_values,
@@ -417,14 +418,15 @@ def compact_json(data: Any) -> str:
 def check_json_text(text: str, what: str) -> None:
     """Refuse JSON text that `strict_json` would refuse for a limit, without parsing it when it need not.
 
-    What `save` runs on the manifest and header it is about to write: the same value bound
-    (`check_json_values`) and integer bound (`MAX_INT_DIGITS`) as the reader, through
-    the same functions.
+    What `save` runs on the manifest it is about to write: the same value bound
+    (`check_json_values`), key bound (`MAX_UNKNOWN_KEYS`) and integer bound
+    (`MAX_INT_DIGITS`) as the reader, through the same functions.
 
     Raises:
         ValueError: naming the limit.
     """
     check_json_values(text, what)
+    _check_keys(text)
     if _may_hold_long_int(text.encode("utf-8", "surrogatepass")):
         _strict_slow(text, what, max_objects=len(text), constant=float)
 
@@ -521,6 +523,53 @@ def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
     return json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_int=integer)
 
 
+#: The names of the format that keys of a valid manifest hold: the fields of the manifest
+#: and of each node kind, and every wrapper metadata key; the most frequent first.
+_FORMAT_KEYS = sorted(
+    set(Manifest.model_fields).union(
+        *(
+            node.__required_keys__ | node.__optional_keys__
+            for node in (TensorNode, ScalarNode, NoneNode, ListNode, TupleNode, NamedTupleNode, DictNode)
+        ),
+        WrapperNode.__required_keys__,
+        CustomNode.__required_keys__,
+        *_containers.WRAPPER_METADATA.values(),
+    ),
+    key=("kind", "key", "dtype", "shape", "digest", "children", "type", "keys", "child", "metadata").__contains__,
+    reverse=True,
+)
+#: Colons in a manifest below which no object can hold enough keys to cost much to build.
+_FEW_KEYS = 100_000
+
+
+def _check_keys(text: str) -> None:
+    """Refuse a manifest of more than `MAX_UNKNOWN_KEYS` object keys that are not names of the format.
+
+    Escaped backslashes and quotes are first replaced by ``#`` (which no name holds): then
+    every ``":`` ends an object key, and ``"kind":`` is the key ``kind`` itself. A colon
+    after whitespace (which no JSON writer puts before a key's colon) counts as an unknown
+    key. Text of fewer than `_FEW_KEYS` colons is left to the parser. Costs a few
+    substring counts.
+    """
+    colons = text.count(":")
+    if colons <= _FEW_KEYS:
+        return
+    if "\\" in text:
+        text = text.replace("\\\\", "#").replace('\\"', "#")
+    unknown = text.count('":')
+    if colons - unknown > MAX_UNKNOWN_KEYS:  # colons in strings, or keys spaced from their colon
+        unknown += sum(text.count(space + ":") for space in " \t\n\r")
+    for name in _FORMAT_KEYS:
+        if unknown <= MAX_UNKNOWN_KEYS:
+            return
+        unknown -= text.count(f'"{name}":')
+    if unknown > MAX_UNKNOWN_KEYS:
+        raise ValueError(
+            f"manifest holds more than MAX_UNKNOWN_KEYS={MAX_UNKNOWN_KEYS} object keys that are not names "
+            "of the format (a key spaced from its colon counts as one); a manifest holds only the format's fields"
+        )
+
+
 def parse_manifest(text: str, where: str) -> Manifest:
     """Parse and validate the manifest JSON stored in a header.
 
@@ -528,6 +577,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         FormatError: for anything that is not a valid manifest of a supported version.
     """
     try:
+        _check_keys(text)
         data, compact_objects = _strict_json(text, "manifest", max_objects=2 * MAX_NODES)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from e

@@ -238,6 +238,19 @@ def _container_cases(b: _Builder) -> None:
     b.tree("objax_metadata_reduce", leaf, _wrap_first("objax.TrainVar", {"reduce": "x"}))
     many = {f"m{i}": 0 for i in range(65)}
     b.tree("wrapper_metadata_65_entries", leaf, _wrap_first("flax.nnx.Param", many), match="MAX_METADATA=64")
+    huge = dict.fromkeys(map(str, range(1_900_000)), 0)
+    b.tree(
+        "wrapper_metadata_1900000_entries",
+        leaf,
+        _wrap_first("flax.nnx.Param", huge),
+        match="MAX_UNKNOWN_KEYS=64",
+    )
+    spaced = '{"kind":"none","x":{' + ",".join(f'"{i}" :0' for i in range(1_900_000)) + "}}"
+    b.manifest_text(
+        "manifest_1900000_keys_spaced_from_colons",
+        lambda t: t.replace('{"kind":"none"}', spaced, 1),
+        match="MAX_UNKNOWN_KEYS=64",
+    )
     for name, fields in {
         "nfkc_collision": ["fi", "\ufb01"],
         "fullwidth_keyword": ["\uff49\uff46"],

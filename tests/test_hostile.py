@@ -143,6 +143,25 @@ def test_file_truncated_by_another_writer_while_reading_gives_format_error(tmp_p
         source.close()
 
 
+def test_manifest_of_many_keys_with_quotes_backslashes_and_colons_round_trips(tmp_path: Path) -> None:
+    # Over 100,000 colons, so the reader counts object keys before parsing (MAX_UNKNOWN_KEYS);
+    # escaped quotes, backslashes and colons inside names must not count as keys.
+    tree = {f'w\\"{i}:0\\': np.zeros(0, np.uint8) for i in range(25_000)}
+    ckptschema.save(tmp_path / "names.safetensors", tree)
+    assert ckptschema.read_manifest(tmp_path / "names.safetensors").metadata == {}
+    assert list(ckptschema.load(tmp_path / "names.safetensors")) == list(tree)
+
+
+def test_map_of_1900000_keys_is_refused_before_parsing_naming_the_limit(corpus: Path) -> None:
+    path = corpus / "wrapper_metadata_1900000_entries.safetensors"
+    with pytest.raises(FormatError) as info:
+        ckptschema.read_manifest(path)
+    assert str(info.value) == (
+        f"{path}: manifest holds more than MAX_UNKNOWN_KEYS=64 object keys that are not names of the format "
+        "(a key spaced from its colon counts as one); a manifest holds only the format's fields"
+    )
+
+
 def test_tree_200_levels_deep_round_trips(tmp_path: Path) -> None:
     tree: object = np.arange(3, dtype=np.int32)
     for i in range(200):
