@@ -61,8 +61,10 @@ class Case:
 
 
 def _hex(name: str) -> str:
-    """A file-name-safe spelling of a case parameter."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "_-") else f"u{ord(c):04x}" for c in name)
+    """A file-name-safe spelling of a case parameter: dots as ``_``, other odd characters as ``uXXXX``."""
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "_-") else "_" if c == "." else f"u{ord(c):04x}" for c in name
+    )
 
 
 #: The calls that every header-level problem must fail.
@@ -318,7 +320,7 @@ def _manifest_limit_cases(b: _Builder) -> None:
     for name, spelling in {
         "canonical_bits": "nan:0x7ff8000000000000",
         "uppercase_hex": "nan:0xFFF8000000000000",
-        "signalling_low_bits_as_text": "nan:0x0000000000000001",
+        "denormal_spelled_as_nan": "nan:0x0000000000000001",
         "short_hex": "nan:0xfff8",
         "minus_nan": "-nan",
     }.items():
