@@ -122,6 +122,13 @@ def check_int_text(digits: str) -> None:
         raise LimitError(_INT_TOO_LONG)
 
 
+#: Most object keys a manifest may hold that are not names of the format (a field of the
+#: manifest or of a node, or a wrapper metadata key of `ckptschema._containers.WRAPPER_METADATA`).
+#: Any one makes the manifest invalid: up to this many are left to the validators, which
+#: say which and where; more are refused before parsing (counted at C speed in a large
+#: manifest), so that a map of two million keys cannot take seconds to build.
+MAX_UNKNOWN_KEYS = 64
+
 #: Most entries in one wrapper's metadata. The format's wrappers hold at most four
 #: (`ckptschema._containers.WRAPPER_METADATA`); counted before the entries are validated.
 MAX_METADATA = 64

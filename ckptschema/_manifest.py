@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal, NotRequired
 
@@ -33,7 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from typing_extensions import TypedDict
 
-from . import _namedtuples, _tree
+from . import _containers, _namedtuples, _tree
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._limits import (
@@ -42,6 +43,7 @@ from ._limits import (
     MAX_METADATA,
     MAX_NODES,
     MAX_RANK,
+    MAX_UNKNOWN_KEYS,
     check_depth,
     check_int_text,
     check_json_values,
@@ -379,20 +381,22 @@ def check_skeleton(skeleton: Any) -> None:
     Raises:
         LimitError: naming the limit.
     """
-    count = 0
+    count = 1  # nodes seen so far: counted when pushed, so a list of a million children is refused before its walk
     stack = [(skeleton, 0)]
     while stack:
         node, depth = stack.pop()
-        count += 1
-        check_nodes(count)
         check_depth(depth)
         if not isinstance(node, dict):
             continue
         children = node.get("children")
         if isinstance(children, list):
+            count += len(children)
+            check_nodes(count)
             stack.extend((c, depth + 1) for c in children)
         child = node.get("child")
         if child is not None:
+            count += 1
+            check_nodes(count)
             stack.append((child, depth + 1))
 
 
@@ -414,17 +418,21 @@ def compact_json(data: Any) -> str:
 def check_json_text(text: str, what: str) -> None:
     """Refuse JSON text that `strict_json` would refuse for a limit, without parsing it when it need not.
 
-    What `save` runs on the manifest and header it is about to write: the same value bound
-    (`check_json_values`) and integer bound (`MAX_INT_DIGITS`) as the reader, through
-    the same functions.
+    What `save` runs on the manifest it is about to write: the same value bound
+    (`check_json_values`), key bound (`MAX_UNKNOWN_KEYS`) and integer bound
+    (`MAX_INT_DIGITS`) as the reader, through the same functions.
 
     Raises:
         ValueError: naming the limit.
     """
     check_json_values(text, what)
+    _check_keys(text)
     if _may_hold_long_int(text.encode("utf-8", "surrogatepass")):
         _strict_slow(text, what, max_objects=len(text), constant=float)
 
+
+#: A JSON string, escapes included: removing every one leaves the braces that open objects.
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 
 #: Maps every ASCII digit to ``0``, so a run of digits is found with one substring search.
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
@@ -465,8 +473,10 @@ def _strict_json(text: str, what: str, max_objects: int) -> tuple[Any, int | Non
         raise ValueError(f"{what} holds {name}, which is not JSON")
 
     check_json_values(text, what)
-    objects = text.count("{")
-    if objects <= max_objects:  # an upper bound on the number of objects
+    objects = text.count("{")  # an upper bound on the number of objects: braces in strings count too
+    if objects > max_objects and _STRING.sub("", text).count("{") > max_objects:
+        raise ValueError(f"{what} holds more than {max_objects} objects")
+    if objects <= max_objects:
         encoded = text.encode("utf-8", "surrogatepass")
         if not _may_hold_long_int(encoded):
             try:
@@ -513,6 +523,53 @@ def _strict_slow(text: str, what: str, max_objects: int, constant: Any) -> Any:
     return json.loads(text, object_pairs_hook=pairs, parse_constant=constant, parse_int=integer)
 
 
+#: The names of the format that keys of a valid manifest hold: the fields of the manifest
+#: and of each node kind, and every wrapper metadata key; the most frequent first.
+_FORMAT_KEYS = sorted(
+    set(Manifest.model_fields).union(
+        *(
+            node.__required_keys__ | node.__optional_keys__
+            for node in (TensorNode, ScalarNode, NoneNode, ListNode, TupleNode, NamedTupleNode, DictNode)
+        ),
+        WrapperNode.__required_keys__,
+        CustomNode.__required_keys__,
+        *_containers.WRAPPER_METADATA.values(),
+    ),
+    key=("kind", "key", "dtype", "shape", "digest", "children", "type", "keys", "child", "metadata").__contains__,
+    reverse=True,
+)
+#: Colons in a manifest below which no object can hold enough keys to cost much to build.
+_FEW_KEYS = 100_000
+
+
+def _check_keys(text: str) -> None:
+    """Refuse a manifest of more than `MAX_UNKNOWN_KEYS` object keys that are not names of the format.
+
+    Escaped backslashes and quotes are first replaced by ``#`` (which no name holds): then
+    every ``":`` ends an object key, and ``"kind":`` is the key ``kind`` itself. A colon
+    after whitespace (which no JSON writer puts before a key's colon) counts as an unknown
+    key. Text of fewer than `_FEW_KEYS` colons is left to the parser. Costs a few
+    substring counts.
+    """
+    colons = text.count(":")
+    if colons <= _FEW_KEYS:
+        return
+    if "\\" in text:
+        text = text.replace("\\\\", "#").replace('\\"', "#")
+    unknown = text.count('":')
+    if colons - unknown > MAX_UNKNOWN_KEYS:  # colons in strings, or keys spaced from their colon
+        unknown += sum(text.count(space + ":") for space in " \t\n\r")
+    for name in _FORMAT_KEYS:
+        if unknown <= MAX_UNKNOWN_KEYS:
+            return
+        unknown -= text.count(f'"{name}":')
+    if unknown > MAX_UNKNOWN_KEYS:
+        raise ValueError(
+            f"manifest holds more than MAX_UNKNOWN_KEYS={MAX_UNKNOWN_KEYS} object keys that are not names "
+            "of the format (a key spaced from its colon counts as one); a manifest holds only the format's fields"
+        )
+
+
 def parse_manifest(text: str, where: str) -> Manifest:
     """Parse and validate the manifest JSON stored in a header.
 
@@ -520,6 +577,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         FormatError: for anything that is not a valid manifest of a supported version.
     """
     try:
+        _check_keys(text)
         data, compact_objects = _strict_json(text, "manifest", max_objects=2 * MAX_NODES)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from e

@@ -214,10 +214,12 @@ def read_header(source: Source) -> Header:
     del raw
     if not text.startswith("{"):
         raise FormatError(f"{where}: header does not start with '{{' (found {text[:1]!r}); not a safetensors file")
+    # The root, a __metadata__ map if the text names one anywhere, and one flat object per tensor.
+    max_objects = MAX_TENSORS + 1 + ('"__metadata__"' in text)
     try:
-        header = strict_json(text.rstrip(" "), "header", max_objects=MAX_TENSORS + 2)
+        header = strict_json(text.rstrip(" "), "header", max_objects=max_objects)
     except ValueError as e:
-        if str(e) == f"header holds more than {MAX_TENSORS + 2} objects":  # only a header of too many tensors can
+        if str(e) == f"header holds more than {max_objects} objects":  # only a header of too many tensors can
             raise FormatError(f"{where}: header lists more than MAX_TENSORS={MAX_TENSORS} tensors") from e
         raise FormatError(f"{where}: {e}") from e
     return _check_header(header, where, data_start=8 + length, data_size=source.size - 8 - length)

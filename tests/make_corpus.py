@@ -50,12 +50,21 @@ class Case:
         calls: which entry points must raise it: ``load`` (no template, verify=True),
             ``load_template`` (with the valid tree as template, verify=True),
             ``read_manifest``, ``validate`` (deep=True), ``load_noverify``.
+        match: text the error message must contain (the limit or rule it names), or None.
     """
 
     name: str
     path: str
     error: str
     calls: tuple[str, ...]
+    match: str | None = None
+
+
+def _hex(name: str) -> str:
+    """A file-name-safe spelling of a case parameter: dots as ``_``, other odd characters as ``uXXXX``."""
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "_-") else "_" if c == "." else f"u{ord(c):04x}" for c in name
+    )
 
 
 #: The calls that every header-level problem must fail.
@@ -125,10 +134,17 @@ class _Builder:
         self.valid = valid_bytes()
         self.cases: list[Case] = []
 
-    def add(self, name: str, data: bytes, error: str = "FormatError", calls: tuple[str, ...] = ALL) -> None:
+    def add(
+        self,
+        name: str,
+        data: bytes,
+        error: str = "FormatError",
+        calls: tuple[str, ...] = ALL,
+        match: str | None = None,
+    ) -> None:
         path = self.directory / f"{name}.safetensors"
         path.write_bytes(data)
-        self.cases.append(Case(name, str(path), error, calls))
+        self.cases.append(Case(name, str(path), error, calls, match))
 
     def header(self, name: str, edit: Callable[[dict[str, Any]], Any], **kw: Any) -> None:
         """A case made by editing the valid header's JSON data (data section kept)."""
@@ -151,6 +167,16 @@ class _Builder:
         header, _ = split(self.valid)
         self.manifest(name, lambda m: None, text=edit(header["__metadata__"]["ckptschema"]), **kw)
 
+    def tree(self, name: str, tree: Any, edit: Callable[[dict[str, Any]], Any], **kw: Any) -> None:
+        """A case made by saving `tree` (no checksums) and editing its manifest's skeleton."""
+        import ckptschema
+
+        header, body = split(ckptschema.dumps(tree, checksum=None))
+        m = _manifest_of(header)
+        edit(m["skeleton"])
+        header["__metadata__"]["ckptschema"] = json.dumps(m, separators=(",", ":"))
+        self.add(name, pack(header, body), **kw)
+
 
 def _set_node(m: dict[str, Any], which: str, **changes: Any) -> None:
     for n in _tensor_nodes(m["skeleton"]):
@@ -162,6 +188,186 @@ def _set_node(m: dict[str, Any], which: str, **changes: Any) -> None:
 
 def _deep(depth: int, inner: str = "1") -> str:
     return "[" * depth + inner + "]" * depth
+
+
+def _wrap(node: dict[str, Any], typ: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "wrapper", "type": typ, "metadata": metadata, "child": node}
+
+
+def _wrap_first(typ: str, metadata: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """An edit that puts the first child of the root in a wrapper of type `typ`."""
+    return lambda skel: skel["children"].__setitem__(0, _wrap(skel["children"][0], typ, metadata))
+
+
+def _container_cases(b: _Builder) -> None:
+    """Containers a file may not describe: PRNG keys, wrappers, typed dicts, namedtuple classes."""
+    import jax
+
+    key = {"k": jax.random.key(0)}
+    for name, metadata in {
+        "without_impl": {},
+        "impl_unknown": {"impl": "nope"},
+        "impl_not_string": {"impl": 3},
+        "extra_metadata": {"impl": "threefry2x32", "seed": 1},
+    }.items():
+        b.tree(f"prng_key_{name}", key, lambda skel, metadata=metadata: skel["children"][0].update(metadata=metadata))
+    for name, data, impl in [
+        ("uint32_3_threefry", np.zeros(3, np.uint32), "threefry2x32"),
+        ("uint32_2x2_rbg", np.zeros((2, 2), np.uint32), "rbg"),
+        ("uint32_scalar", np.zeros((), np.uint32), "threefry2x32"),
+        ("int32_2_threefry", np.zeros(2, np.int32), "threefry2x32"),
+        ("none", None, "threefry2x32"),
+    ]:
+        b.tree(f"prng_key_data_{name}", {"k": data}, _wrap_first("jax.random.key", {"impl": impl}))
+    for typ in ("jax.random.key", "flax.nnx.Param", "objax.TrainVar"):
+        b.manifest(f"dict_typed_{_hex(typ)}", lambda m, typ=typ: m["skeleton"]["children"][0].update(type=typ))
+    for typ in ("collections.OrderedDict", "flax.FrozenDict", "flax.nnx.State", "objax.VarCollection"):
+        b.manifest(
+            f"wrapper_typed_{_hex(typ)}",
+            lambda m, typ=typ: m["skeleton"]["children"].__setitem__(0, _wrap(m["skeleton"]["children"][0], typ, {})),
+        )
+    leaf = {"k": np.zeros(2, np.float32)}
+    for name, metadata in {
+        "value": {"value": 1},
+        "sharding_names": {"sharding_names": "a"},
+        "on_get_value": {"on_get_value": "print"},
+        "hijax_string": {"hijax": "yes"},
+        "tag_int": {"tag": 1},
+        "ref_null": {"ref": None},
+    }.items():
+        b.tree(f"nnx_metadata_{name}", leaf, _wrap_first("flax.nnx.Param", metadata))
+    b.tree("nnx_ref_around_str_scalar", {"k": "s"}, _wrap_first("flax.nnx.Param", {"ref": True}))
+    b.tree("objax_metadata_reduce", leaf, _wrap_first("objax.TrainVar", {"reduce": "x"}))
+    many = {f"m{i}": 0 for i in range(65)}
+    b.tree("wrapper_metadata_65_entries", leaf, _wrap_first("flax.nnx.Param", many), match="MAX_METADATA=64")
+    huge = dict.fromkeys(map(str, range(1_900_000)), 0)
+    b.tree(
+        "wrapper_metadata_1900000_entries",
+        leaf,
+        _wrap_first("flax.nnx.Param", huge),
+        match="MAX_UNKNOWN_KEYS=64",
+    )
+    spaced = '{"kind":"none","x":{' + ",".join(f'"{i}" :0' for i in range(1_900_000)) + "}}"
+    b.manifest_text(
+        "manifest_1900000_keys_spaced_from_colons",
+        lambda t: t.replace('{"kind":"none"}', spaced, 1),
+        match="MAX_UNKNOWN_KEYS=64",
+    )
+    for name, fields in {
+        "nfkc_collision": ["fi", "\ufb01"],
+        "fullwidth_keyword": ["\uff49\uff46"],
+        "fullwidth_underscore": ["\uff3fcls"],
+    }.items():
+        b.manifest(
+            f"namedtuple_fields_{name}",
+            lambda m, fields=fields: m["skeleton"]["children"].__setitem__(
+                3, {"kind": "namedtuple", "name": "P", "fields": fields, "children": [{"kind": "none"}] * len(fields)}
+            ),
+        )
+    for name, module in {"shell": "os; rm -rf", "empty": "", "double_dot": "a..b", "leading_digit": "1abc"}.items():
+        b.manifest(
+            f"namedtuple_module_{name}",
+            lambda m, module=module: m["skeleton"]["children"].__setitem__(
+                3,
+                {"kind": "namedtuple", "name": "P", "module": module, "fields": ["a"], "children": [{"kind": "none"}]},
+            ),
+        )
+
+
+def _nested(depth: int, make: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    node: dict[str, Any] = {"kind": "none"}
+    for _ in range(depth):
+        node = make(node)
+    return node
+
+
+def _manifest_limit_cases(b: _Builder) -> None:
+    """Integers past MAX_INT_DIGITS, trees past MAX_DEPTH, NaNs spelled other than the one way."""
+    digits = "MAX_INT_DIGITS=640"
+    scalar = '{"kind":"scalar","type":"int","value":3}'
+    for n in (641, 100_000):
+        b.manifest_text(
+            f"manifest_int_scalar_{n}_digits",
+            lambda t, n=n: t.replace(scalar, scalar.replace("3", "9" * n), 1),
+            match=digits,
+        )
+    b.tree(
+        "manifest_dict_key_int_641_digits",
+        {1: np.zeros(2, np.float32)},
+        lambda skel: skel.update(keys=[int("9" * 641)]),
+        match=digits,
+    )
+    b.tree(
+        "wrapper_metadata_int_641_digits",
+        {"k": np.zeros(2, np.float32)},
+        _wrap_first("flax.nnx.Param", {"tag": int("9" * 641)}),
+        match=digits,
+    )
+    header, body = split(b.valid)
+    text = json.dumps(header, separators=(",", ":")).replace('"shape":[4,3]', '"shape":[' + "9" * 5000 + ",3]", 1)
+    b.add("header_shape_dim_5000_digits", pack(None, raw=text.encode()) + body, match=digits)
+    # Depth 251: the root is depth 0 and the replaced child depth 1, so 250 levels put the leaf at 251.
+    for name, make in {
+        "dicts": lambda c: {"kind": "dict", "type": None, "keys": ["a"], "children": [c]},
+        "lists": lambda c: {"kind": "list", "children": [c]},
+        "nnx_params": lambda c: _wrap(c, "flax.nnx.Param", {}),
+    }.items():
+        b.manifest(
+            f"manifest_depth_251_{name}",
+            lambda m, make=make: m["skeleton"]["children"].__setitem__(3, _nested(250, make)),
+            match="MAX_DEPTH=250",
+        )
+    for name, spelling in {
+        "canonical_bits": "nan:0x7ff8000000000000",
+        "uppercase_hex": "nan:0xFFF8000000000000",
+        "denormal_spelled_as_nan": "nan:0x0000000000000001",
+        "short_hex": "nan:0xfff8",
+        "minus_nan": "-nan",
+    }.items():
+        b.manifest(
+            f"manifest_float_{name}",
+            lambda m, spelling=spelling: m["skeleton"]["children"].__setitem__(
+                1, {"kind": "scalar", "type": "float", "value": spelling}
+            ),
+        )
+
+
+def _zero_size_header(count: int, metadata: bool) -> bytes:
+    entries = b",".join(b'"%d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}' % i for i in range(count))
+    return pack(None, raw=(b'{"__metadata__":{"format":"pt"},' if metadata else b"{") + entries + b"}")
+
+
+def _storage_cases(b: _Builder) -> None:
+    """Shapes past MAX_ELEMENTS, sub-byte values with high bits set, headers past MAX_TENSORS."""
+    import ml_dtypes
+
+    import ckptschema
+
+    for name, shape in {"0_2e62_2e62": [0, 2**62, 2**62], "0_65536x5": [0] + [65536] * 5}.items():
+        header, body = split(b.valid)
+        header["empty"]["shape"] = shape
+        m = _manifest_of(header)
+        _set_node(m, "empty", shape=shape)
+        header["__metadata__"]["ckptschema"] = json.dumps(m, separators=(",", ":"))
+        b.add(f"zero_size_dims_{name}", pack(header, body), match="MAX_ELEMENTS=281474976710656")
+    for dtype, byte in [
+        ("int4", 0x10),
+        ("uint4", 0x10),
+        ("float4_e2m1fn", 0x10),
+        ("int2", 0x04),
+        ("uint2", 0x04),
+        ("float6_e2m3fn", 0x40),
+        ("float6_e3m2fn", 0x40),
+    ]:
+        data = bytearray(ckptschema.dumps({"k": np.zeros(4, getattr(ml_dtypes, dtype))}, checksum=None))
+        data[-4] = byte
+        b.add(f"sub_byte_high_bits_{dtype}", bytes(data), calls=("load", "load_noverify"), match="bits set above")
+    for metadata in (False, True):
+        b.add(
+            "zero_size_tensors_300001" + ("_with_metadata" if metadata else ""),
+            _zero_size_header(300_001, metadata),
+            match="MAX_TENSORS=300000",
+        )
 
 
 def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
@@ -486,6 +692,10 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
     b.add("html", b"<!doctype html><html><body>404 Not Found</body></html>")
     b.add("gzip", b"\x1f\x8b\x08\x00" + b"\0" * 60)
 
+    _container_cases(b)
+    _manifest_limit_cases(b)
+    _storage_cases(b)
+
     # -- special paths: a directory, a FIFO and a device must not hang or be read endlessly.
     fifo = d / "fifo.safetensors"
     if not fifo.exists():
@@ -520,12 +730,24 @@ def run_cases(directory: str, memory_bytes: int) -> None:
     After the imports and a warm-up load (which starts JAX's CPU backend and its threads),
     the address-space limit is set to what is mapped now plus `memory_bytes`: any case that
     tries to map more than that gets a MemoryError, which counts as a failure.
+
+    Each call's cost is the CPU time of this process (`time.process_time`, every thread)
+    spent in it: unlike wall-clock time it does not grow when other processes load the
+    machine. The frameworks and ckptschema's adapters are imported first, so a case that
+    makes the reader import an adapter is not charged for the import.
     """
     import resource
     import time
 
     sys.path.insert(0, os.path.join(directory, "sentinel_dir"))
+    import flax.nnx  # noqa: F401  (imported before timing: see above)
+    import haiku  # noqa: F401
+    import objax  # noqa: F401
+
     import ckptschema
+    import ckptschema.flax
+    import ckptschema.haiku
+    import ckptschema.objax
 
     cases = [Case(**c) for c in json.loads(Path(directory, "cases.json").read_text())]
     template = valid_tree()
@@ -544,12 +766,13 @@ def run_cases(directory: str, memory_bytes: int) -> None:
     for case in cases:
         for call in case.calls:
             print(json.dumps({"start": case.name, "call": call}), flush=True)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 calls[call](case.path)
                 error: BaseException | None = None
             except BaseException as e:
                 error = e
+            cpu_seconds = time.process_time() - cpu0
             seconds = time.perf_counter() - t0
             print(
                 json.dumps(
@@ -557,9 +780,12 @@ def run_cases(directory: str, memory_bytes: int) -> None:
                         "case": case.name,
                         "call": call,
                         "seconds": seconds,
+                        "cpu_seconds": cpu_seconds,
                         "expected": case.error,
                         "raised": None if error is None else f"{type(error).__module__}.{type(error).__qualname__}",
-                        "ok": error is not None and isinstance(error, getattr(ckptschema, case.error)),
+                        "ok": error is not None
+                        and isinstance(error, getattr(ckptschema, case.error))
+                        and (case.match is None or case.match in str(error)),
                         "message": None if error is None else str(error)[:300],
                     }
                 ),

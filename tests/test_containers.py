@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,14 +233,11 @@ def test_nnx_wrapper_with_documented_metadata_loads(tmp_path):
 
 
 def test_wrapper_metadata_over_max_metadata_is_refused_naming_the_limit(tmp_path):
-    metadata = {f"m{i}": i for i in range(200_000)}
+    # Maps of millions of entries are refused sooner (MAX_UNKNOWN_KEYS), within a CPU-time bound: tests/test_hostile.py.
+    metadata = {f"m{i}": i for i in range(1_000)}
     path = _hostile(tmp_path, {"k": np.ones(2, np.float32)}, _wrap("flax.nnx.Param", metadata))
-    start = time.perf_counter()
-    with pytest.raises(
-        FormatError, match=f"wrapper metadata has 200000 entries, more than MAX_METADATA={MAX_METADATA}"
-    ):
+    with pytest.raises(FormatError, match=f"wrapper metadata has 1000 entries, more than MAX_METADATA={MAX_METADATA}"):
         ckptschema.load(path)
-    assert time.perf_counter() - start < 2.0
 
 
 # ----------------------------------------------------------------------------- namedtuples

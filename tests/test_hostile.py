@@ -6,6 +6,7 @@ for what it is. JAX reserves several GB of address space when it starts, so a fl
 ``RLIMIT_AS`` of 1 GiB would fail at import; instead the child starts JAX, does a warm-up
 load, and only then sets ``RLIMIT_AS`` to the address space it has mapped plus 1 GiB. Any
 case that tries to map more than 1 GiB beyond that gets a MemoryError, which fails the test.
+Each call is timed by the CPU time the child spends in it, after the frameworks are imported.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .make_corpus import SENTINEL_FILE, SENTINEL_MODULE, build_corpus, split, va
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY = 1 << 30
-SECONDS = 2.0
+#: CPU time (not wall-clock time, which a loaded runner stretches) one call may spend on a case.
+CPU_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,11 @@ def test_every_corpus_case_raises_the_expected_ckptschema_error(corpus_results: 
     assert len(results) > 400
 
 
-def test_every_corpus_case_fails_in_under_2_seconds(corpus_results: list[dict]) -> None:
-    slow = [f"{r['case']} [{r['call']}]: {r['seconds']:.2f}s" for r in corpus_results if r.get("seconds", 0) > SECONDS]
+def test_every_corpus_case_fails_in_under_2_cpu_seconds(corpus_results: list[dict]) -> None:
+    results = [r for r in corpus_results if "case" in r]
+    slow = [
+        f"{r['case']} [{r['call']}]: {r['cpu_seconds']:.2f}s CPU" for r in results if r["cpu_seconds"] > CPU_SECONDS
+    ]
     assert not slow, "\n".join(slow)
 
 
@@ -136,6 +141,25 @@ def test_file_truncated_by_another_writer_while_reading_gives_format_error(tmp_p
             read_tensor(source, header.entries["w"], DTYPES["float32"], (1 << 16,))
     finally:
         source.close()
+
+
+def test_manifest_of_many_keys_with_quotes_backslashes_and_colons_round_trips(tmp_path: Path) -> None:
+    # Over 100,000 colons, so the reader counts object keys before parsing (MAX_UNKNOWN_KEYS);
+    # escaped quotes, backslashes and colons inside names must not count as keys.
+    tree = {f'w\\"{i}:0\\': np.zeros(0, np.uint8) for i in range(25_000)}
+    ckptschema.save(tmp_path / "names.safetensors", tree)
+    assert ckptschema.read_manifest(tmp_path / "names.safetensors").metadata == {}
+    assert list(ckptschema.load(tmp_path / "names.safetensors")) == list(tree)
+
+
+def test_map_of_1900000_keys_is_refused_before_parsing_naming_the_limit(corpus: Path) -> None:
+    path = corpus / "wrapper_metadata_1900000_entries.safetensors"
+    with pytest.raises(FormatError) as info:
+        ckptschema.read_manifest(path)
+    assert str(info.value) == (
+        f"{path}: manifest holds more than MAX_UNKNOWN_KEYS=64 object keys that are not names of the format "
+        "(a key spaced from its colon counts as one); a manifest holds only the format's fields"
+    )
 
 
 def test_tree_200_levels_deep_round_trips(tmp_path: Path) -> None:

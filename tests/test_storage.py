@@ -140,8 +140,8 @@ def test_header_of_max_tensors_tensors_is_read(metadata):
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
-        (False, "<bytes>: 300001 tensors exceed MAX_TENSORS=300000"),
-        (True, "<bytes>: header lists more than MAX_TENSORS=300000 tensors"),  # refused before parsing
+        (False, "<bytes>: header lists more than MAX_TENSORS=300000 tensors"),  # both refused before parsing
+        (True, "<bytes>: header lists more than MAX_TENSORS=300000 tensors"),
     ],
     ids=["no-metadata", "metadata"],
 )
