@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
+import importlib.util
 import io
 import json
 import os
@@ -740,14 +742,15 @@ def run_cases(directory: str, memory_bytes: int) -> None:
     import time
 
     sys.path.insert(0, os.path.join(directory, "sentinel_dir"))
-    import flax.nnx  # noqa: F401  (imported before timing: see above)
-    import haiku  # noqa: F401
-    import objax  # noqa: F401
+    for framework in ("flax.nnx", "haiku", "objax"):  # imported before timing: see above
+        if importlib.util.find_spec(framework.partition(".")[0]) is not None:  # the core env has none
+            importlib.import_module(framework)
 
     import ckptschema
-    import ckptschema.flax
-    import ckptschema.haiku
-    import ckptschema.objax
+
+    for adapter in ("flax", "haiku", "objax"):
+        if importlib.util.find_spec(adapter) is not None:
+            importlib.import_module(f"ckptschema.{adapter}")
 
     cases = [Case(**c) for c in json.loads(Path(directory, "cases.json").read_text())]
     template = valid_tree()

@@ -145,6 +145,7 @@ def test_wrapper_naming_a_mapping_type_is_refused(tmp_path, name):
     )
 
 
+@pytest.mark.framework
 def test_every_registered_container_has_the_kind_the_file_rules_give_it():
     import ckptschema.flax
     import ckptschema.objax  # noqa: F401  (both register their containers)
@@ -225,6 +226,7 @@ def test_objax_wrapper_with_metadata_is_refused(tmp_path):
     )
 
 
+@pytest.mark.framework
 def test_nnx_wrapper_with_documented_metadata_loads(tmp_path):
     metadata = {"eager_sharding": False, "hijax": False, "ref": False, "tag": "dropout"}
     path = _hostile(tmp_path, {"k": np.ones(2, np.float32)}, _wrap("flax.nnx.RngCount", metadata))
