@@ -15,21 +15,22 @@ from typing import IO, Any, TypeVar, cast
 import jax
 import numpy as np
 
-from . import _containers, _progress, _remote, _shards, _storage
+from . import _containers, _format, _progress, _remote, _shards, _storage
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
+from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
+from ._json import check_json_text, compact_json
 from ._limits import MAX_HEADER_BYTES, check_header_bytes, check_json_values, check_tensors
 from ._manifest import (
+    FORMAT_KEYS,
     FORMAT_VERSION,
     Manifest,
-    check_json_text,
-    compact_json,
     parse_manifest,
     short_error,
     with_metadata,
 )
 from ._review import Schema, parse_schema
-from ._storage import MANIFEST_KEY, Entry, Header, Source
+from ._storage import Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
 from ._validate import Report, compare, scalar_kind_matches
 
@@ -100,7 +101,7 @@ class _Plan:
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
         ]
-        self.placeholders = [_storage.PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
+        self.placeholders = [PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
 
     @functools.cached_property
     def entries(self) -> str:
@@ -123,7 +124,7 @@ class _Plan:
             Manifest.from_data(self.data)
             check_tensors(len(self.nodes))
             manifest_text = compact_json(self.data)
-            check_json_text(manifest_text, "manifest")
+            check_json_text(manifest_text, "manifest", FORMAT_KEYS)
             hint = _HEADER_HINT
             if max_shard_bytes is None:
                 self._first = self._render(manifest_text)
@@ -136,7 +137,7 @@ class _Plan:
     def _check_sharded(self, manifest_text: str, max_shard_bytes: int) -> None:
         """`check` for a sharded save: the index and every shard's header."""
         groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
-        name = _shards.shard_name(len(groups), len(groups), _storage.PLACEHOLDER_DIGEST[:8])
+        name = _shards.shard_name(len(groups), len(groups), PLACEHOLDER_DIGEST[:8])
         weight_map: dict[str, str] = {}
         for group in groups:
             _check_header(_storage.header_bytes(_storage.entries_json(self.layout[i] for i in group), self.metadata))
@@ -206,7 +207,7 @@ _HEADER_HINT = (
 
 #: How a tensor's digest field reads inside the header (the manifest is a JSON string there).
 _DIGEST_FIELD = b'\\"digest\\":\\"'
-_PLACEHOLDER = _storage.PLACEHOLDER_DIGEST.encode()
+_PLACEHOLDER = PLACEHOLDER_DIGEST.encode()
 
 
 def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:
@@ -366,7 +367,7 @@ def manifest_of(
     if max_shard_size is not None:
         _shards.parse_size(max_shard_size)
     plan.check("<manifest_of>")
-    plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
+    plan.set_digests([_format.digest(a) if plan.checksum else None for a in plan.arrays])
     return plan.manifest()
 
 
@@ -392,7 +393,7 @@ def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bo
     where = os.fspath(directory)
     if os.path.exists(where) and not os.path.isdir(where):
         raise CkptSchemaError(f"{where}: max_shard_size= saves a directory, but this path is a file")
-    plan.set_digests([_storage.PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
+    plan.set_digests([PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
     plan.manifest()  # refuses a tree no manifest can describe before anything is written
     index = os.path.join(where, _shards.INDEX_NAME)
     groups = _shards.plan_shards([a.nbytes for a in plan.arrays], max_bytes)
@@ -1075,7 +1076,7 @@ def _deep_issues(source: Source, header: Header, manifest: Manifest) -> list[Iss
     for path, node in iter_nodes(manifest.data["skeleton"]):
         if node["kind"] == "tensor" and node.get("digest"):
             array = _storage.read_tensor(source, header.entries[node["key"]], DTYPES[node["dtype"]], node["shape"])
-            actual = _storage.digest(array)
+            actual = _format.digest(array)
             if actual != node["digest"]:
                 issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
     return issues

@@ -34,6 +34,8 @@ from . import _remote
 from ._atomic import atomic_file as atomic_file
 from ._dtypes import BY_CODE, DType
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError, IntegrityError
+from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST, as_bytes, digest
+from ._json import compact_json, strict_json
 from ._limits import (
     MAX_ELEMENTS,
     MAX_RANK,
@@ -42,16 +44,12 @@ from ._limits import (
     check_header_bytes,
     check_tensors,
 )
-from ._manifest import compact_json, strict_json
 
 __all__ = ["Entry", "Header", "Source", "open_source", "read_header", "read_tensor", "write_file"]
 
-MANIFEST_KEY = "ckptschema"
 _ALIGN = 64
 _HASH_IN_THREAD = 64 << 10  # tensors this large are hashed on other cores while writing
 _HASH_WORKERS = 2  # sha256 (~1.5 GB/s a core with SHA-NI) is slower than writing: two keep up
-#: What a header holds for each digest until the data is written and hashed.
-PLACEHOLDER_DIGEST = "0" * 64
 
 
 class Source(Protocol):
@@ -486,15 +484,6 @@ def _refuse_bits(source: Source, entry: Entry, dtype: DType, index: int) -> NoRe
         f"{offset}; a {dtype.name} value fills the low {bits} bits of its byte and the rest must be zero "
         f"(the file is corrupt)"
     )
-
-
-def digest(array: np.ndarray) -> str:
-    """The sha256 hex digest of an array's bytes as stored."""
-    return hashlib.sha256(as_bytes(array)).hexdigest()
-
-
-def as_bytes(array: np.ndarray) -> memoryview:
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def to_numpy(value: Any, dtype: DType, key: str) -> np.ndarray:
