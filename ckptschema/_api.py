@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gc
 import io
+import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -456,8 +457,7 @@ def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple
         text = header.manifest_text
         manifest = None if text is None else parse_manifest(text, src.name)
         if manifest is not None:
-            if not _agrees(manifest, header):
-                _check_manifest_matches_header(manifest, header, src.name)
+            _check_agreement(manifest, header, src.name)
             with_metadata(manifest, {k: v for k, v in header.metadata.items() if k != MANIFEST_KEY})
         yield src, header, manifest
     finally:
@@ -468,72 +468,64 @@ def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple
 _LAYOUT = {name: (dtype.code, tuple(dtype.header_shape(()))) for name, dtype in DTYPES.items()}
 
 
-def _agrees(manifest: Manifest, header: Header) -> bool:
-    """Whether manifest and header agree as `_check_manifest_matches_header` requires.
+def _check_agreement(manifest: Manifest, header: Header, where: str) -> None:
+    """Every manifest tensor is in the header with the same layout, nothing else is, and every
+    container type is one the allow-list allows (no name is ever imported).
 
-    The same rules in one pass over the skeleton that builds each tensor's expected key
-    from its parent's (no path tuples, no joins); a file that fails any of them goes to the
-    slow check, which says what is wrong.
+    One walk, parents before children, that builds each tensor's expected key from its
+    parent's (no path tuples, no joins) and collects every problem; a node's path is
+    rebuilt from its parents' links only to name it in a message.
+
+    Raises:
+        FormatError: for a refused container type (``invalid manifest``), else for tensors
+            that disagree (``manifest and header disagree``); the first five problems named.
     """
     entries, separator, layout, refusal = header.entries, manifest.separator, _LAYOUT, _containers.refusal
-    keys = []
-    stack: list[tuple[str | None, dict[str, Any]]] = [(None, manifest.skeleton)]  # type: ignore[list-item]
+    problems: list[str] = []
+    invalid: list[str] = []
+    keys: set[str] = set()
+    add = keys.add
+    # (expected key or None at the root, node, the parent's link, the node's key in its parent)
+    stack: list[tuple[str | None, dict[str, Any], Any, KeyPart | None]] = [(None, manifest.skeleton, None, None)]  # type: ignore[list-item]
     pop, extend = stack.pop, stack.extend
     while stack:
-        prefix, node = pop()
+        prefix, node, parent, name = pop()
         kind = node["kind"]
         if kind == "tensor":
             key = node["key"]
+            if key in keys:
+                problems.append(f"tensor key {key!r} appears twice")
+            elif key != (prefix or ""):
+                path = keypath(_path(parent, name))
+                problems.append(f"tensor key {key!r} at {path} is not its path joined by {separator!r}")
+            add(key)
             entry = entries.get(key)
             code, axis = layout[node["dtype"]]
-            if key != (prefix or "") or entry is None or entry.code != code or entry.shape != (*node["shape"], *axis):
-                return False
-            keys.append(key)
-        elif kind == "scalar" or kind == "none":
+            if entry is None:
+                problems.append(f"manifest tensor {key!r} is not in the header")
+            elif entry.code != code or entry.shape != (*node["shape"], *axis):
+                problems.append(
+                    f"tensor {key!r} is {node['dtype']}{node['shape']} in the manifest "
+                    f"but {entry.code}{list(entry.shape)} in the header"
+                )
             continue
-        elif kind == "wrapper":
-            if refusal(node) is not None:
-                return False
-            stack.append((prefix, node["child"]))
-        else:
-            if kind == "dict" and node["type"] is not None and refusal(node) is not None:
-                return False
-            names = node["fields"] if kind == "namedtuple" else node.get("keys") or range(len(node["children"]))
-            parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
-            extend(zip(parts, node["children"]))
-    return len(keys) == len(entries) == len(set(keys))
-
-
-def _check_manifest_matches_header(manifest: Manifest, header: Header, where: str) -> None:
-    """Every manifest tensor is in the header with the same layout, and nothing else is."""
-    problems, invalid = [], []
-    entries = header.entries
-    keys = set()
-    separator = manifest.separator
-    for path, node in iter_nodes(manifest.skeleton):  # type: ignore[arg-type]
-        if node["kind"] != "tensor":
-            # Container types, kinds and metadata as the allow-list allows; no name is ever imported.
-            typed = node["kind"] in ("dict", "wrapper") and node["type"] is not None
-            problem = _containers.refusal(node) if typed else None
+        if kind == "scalar" or kind == "none":
+            continue
+        if (kind == "dict" or kind == "wrapper") and node["type"] is not None:
+            problem = refusal(node)
             if problem is not None:
-                invalid.append(f"container type {node['type']!r} at {keypath(path)} {problem}")
+                invalid.append(f"container type {node['type']!r} at {keypath(_path(parent, name))} {problem}")
+        if kind == "wrapper":
+            stack.append((prefix, node["child"], parent, name))
             continue
-        key = node["key"]
-        # A key names one leaf, where the writer put it: its path joined by the separator.
-        if key in keys:
-            problems.append(f"tensor key {key!r} appears twice")
-        elif key != separator.join(map(str, path)):
-            problems.append(f"tensor key {key!r} at {keypath(path)} is not its path joined by {separator!r}")
-        keys.add(key)
-        entry = entries.get(key)
-        dtype = DTYPES[node["dtype"]]
-        if entry is None:
-            problems.append(f"manifest tensor {key!r} is not in the header")
-        elif entry.code != dtype.code or list(entry.shape) != dtype.header_shape(node["shape"]):
-            problems.append(
-                f"tensor {key!r} is {node['dtype']}{node['shape']} in the manifest "
-                f"but {entry.code}{list(entry.shape)} in the header"
-            )
+        link, children = (parent, name), node["children"]
+        names = (
+            range(len(children))
+            if kind == "list" or kind == "tuple"
+            else node["fields" if kind == "namedtuple" else "keys"]
+        )
+        parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
+        extend(zip(reversed(parts), reversed(children), itertools.repeat(link), reversed(names)))
     if len(keys) != len(entries):
         problems += [f"header tensor {key!r} is not in the manifest" for key in entries.keys() - keys]
     if invalid:
@@ -542,6 +534,16 @@ def _check_manifest_matches_header(manifest: Manifest, header: Header, where: st
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise FormatError(f"{where}: manifest and header disagree: {'; '.join(problems[:5])}{more}")
+
+
+def _path(parent: Any, name: KeyPart | None) -> tuple[KeyPart, ...]:
+    """The path of a node from its parent's link (``(grandparent's link, parent's key)``) and its key."""
+    parts: list[Any] = []
+    link = (parent, name)
+    while link[0] is not None or link[1] is not None:
+        link, part = link
+        parts.append(part)
+    return tuple(reversed(parts))
 
 
 def _lookup_containers(skeleton: dict[str, Any], where: str) -> None:
