@@ -6,7 +6,6 @@ import contextlib
 import functools
 import gc
 import io
-import itertools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -16,7 +15,8 @@ from typing import IO, Any, TypeVar, cast
 import jax
 import numpy as np
 
-from . import _containers, _format, _progress, _remote, _shards, _storage
+from . import _format, _progress, _remote, _shards, _storage
+from ._agreement import Subtree, check_agreement, lookup_containers, select
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
 from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
@@ -30,6 +30,7 @@ from ._manifest import (
     short_error,
     with_metadata,
 )
+from ._placement import place, scalar_like
 from ._review import Schema, parse_schema
 from ._storage import Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
@@ -39,7 +40,6 @@ __all__ = ["dumps", "load", "loads", "manifest_of", "read_manifest", "save", "va
 
 PathLike = str | os.PathLike[str]
 F = TypeVar("F", bound=Callable[..., Any])
-Subtree = str | tuple[KeyPart, ...] | None
 
 
 def _gc_paused(fn: F) -> F:
@@ -457,105 +457,11 @@ def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple
         text = header.manifest_text
         manifest = None if text is None else parse_manifest(text, src.name)
         if manifest is not None:
-            _check_agreement(manifest, header, src.name)
+            check_agreement(manifest, header, src.name)
             with_metadata(manifest, {k: v for k, v in header.metadata.items() if k != MANIFEST_KEY})
         yield src, header, manifest
     finally:
         src.close()
-
-
-#: The header code and trailing axis of each dtype name (`DType.header_shape`).
-_LAYOUT = {name: (dtype.code, tuple(dtype.header_shape(()))) for name, dtype in DTYPES.items()}
-
-
-def _check_agreement(manifest: Manifest, header: Header, where: str) -> None:
-    """Every manifest tensor is in the header with the same layout, nothing else is, and every
-    container type is one the allow-list allows (no name is ever imported).
-
-    One walk, parents before children, that builds each tensor's expected key from its
-    parent's (no path tuples, no joins) and collects every problem; a node's path is
-    rebuilt from its parents' links only to name it in a message.
-
-    Raises:
-        FormatError: for a refused container type (``invalid manifest``), else for tensors
-            that disagree (``manifest and header disagree``); the first five problems named.
-    """
-    entries, separator, layout, refusal = header.entries, manifest.separator, _LAYOUT, _containers.refusal
-    problems: list[str] = []
-    invalid: list[str] = []
-    keys: set[str] = set()
-    add = keys.add
-    # (expected key or None at the root, node, the parent's link, the node's key in its parent)
-    stack: list[tuple[str | None, dict[str, Any], Any, KeyPart | None]] = [(None, manifest.skeleton, None, None)]  # type: ignore[list-item]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        prefix, node, parent, name = pop()
-        kind = node["kind"]
-        if kind == "tensor":
-            key = node["key"]
-            if key in keys:
-                problems.append(f"tensor key {key!r} appears twice")
-            elif key != (prefix or ""):
-                path = keypath(_path(parent, name))
-                problems.append(f"tensor key {key!r} at {path} is not its path joined by {separator!r}")
-            add(key)
-            entry = entries.get(key)
-            code, axis = layout[node["dtype"]]
-            if entry is None:
-                problems.append(f"manifest tensor {key!r} is not in the header")
-            elif entry.code != code or entry.shape != (*node["shape"], *axis):
-                problems.append(
-                    f"tensor {key!r} is {node['dtype']}{node['shape']} in the manifest "
-                    f"but {entry.code}{list(entry.shape)} in the header"
-                )
-            continue
-        if kind == "scalar" or kind == "none":
-            continue
-        if (kind == "dict" or kind == "wrapper") and node["type"] is not None:
-            problem = refusal(node)
-            if problem is not None:
-                invalid.append(f"container type {node['type']!r} at {keypath(_path(parent, name))} {problem}")
-        if kind == "wrapper":
-            stack.append((prefix, node["child"], parent, name))
-            continue
-        link, children = (parent, name), node["children"]
-        names = (
-            range(len(children))
-            if kind == "list" or kind == "tuple"
-            else node["fields" if kind == "namedtuple" else "keys"]
-        )
-        parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
-        extend(zip(reversed(parts), reversed(children), itertools.repeat(link), reversed(names)))
-    if len(keys) != len(entries):
-        problems += [f"header tensor {key!r} is not in the manifest" for key in entries.keys() - keys]
-    if invalid:
-        more = f" (and {len(invalid) - 5} more)" if len(invalid) > 5 else ""
-        raise FormatError(f"{where}: invalid manifest: {'; '.join(invalid[:5])}{more}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise FormatError(f"{where}: manifest and header disagree: {'; '.join(problems[:5])}{more}")
-
-
-def _path(parent: Any, name: KeyPart | None) -> tuple[KeyPart, ...]:
-    """The path of a node from its parent's link (``(grandparent's link, parent's key)``) and its key."""
-    parts: list[Any] = []
-    link = (parent, name)
-    while link[0] is not None or link[1] is not None:
-        link, part = link
-        parts.append(part)
-    return tuple(reversed(parts))
-
-
-def _lookup_containers(skeleton: dict[str, Any], where: str) -> None:
-    """Resolve every container type a template-less load will rebuild, before reading tensors."""
-    for path, node in iter_nodes(skeleton):
-        if node["kind"] in ("dict", "wrapper") and node["type"] is not None:
-            try:
-                _containers.lookup(node["type"])
-            except KeyError:
-                raise FormatError(
-                    f"{where}: container type {node['type']!r} at {keypath(path)} is not on the allow-list"
-                ) from None
 
 
 @_gc_paused
@@ -584,101 +490,6 @@ def read_manifest(path: PathLike) -> Manifest:
         if manifest is None:
             raise FormatError(f"{src.name}: no ckptschema manifest in the header (a plain safetensors file)")
         return manifest
-
-
-def _place(array: np.ndarray, dtype_name: str, like: Any = None) -> Any:
-    """Put a loaded array where the template leaf says: numpy, its sharding, or the default device.
-
-    An uncommitted template leaf (what ``jnp`` functions and ``model.init`` return) lives
-    wherever JAX puts new arrays, and so does its loaded leaf.
-    """
-    if isinstance(like, np.generic):
-        return array[()]
-    if isinstance(like, np.ndarray) or not jax_can_hold(dtype_name):
-        return array
-    sharding = getattr(like, "sharding", None)
-    if sharding is None or (isinstance(like, jax.Array) and not like.committed):
-        return _to_default_device(array)
-    if type(sharding) is jax.sharding.SingleDeviceSharding:
-        return _device_put()(array, sharding, True)
-    return jax.device_put(array, sharding)
-
-
-Put = Callable[[np.ndarray, jax.sharding.SingleDeviceSharding, bool], jax.Array]
-
-
-@functools.cache
-def _device_put() -> Put:
-    """`jax.device_put` onto one device, at a small part of its per-call cost.
-
-    A 20,000-leaf checkpoint would spend most of its load in `jax.device_put`'s Python
-    layers (75 us a call here); the C++ `batched_device_put` that `device_put` ends in takes
-    4 us (with the abstract value of each shape and dtype made once) and still aliases
-    64-byte-aligned host buffers on CPU. It is internal to JAX, so it is probed once and
-    `jax.device_put` is used wherever it is missing or different.
-    """
-
-    def public(array: np.ndarray, sharding: jax.sharding.SingleDeviceSharding, committed: bool) -> jax.Array:
-        return jax.device_put(array, sharding if committed else None)
-
-    try:
-        from jax._src import core
-        from jax._src.lib import xla_client
-
-        aval_of = functools.lru_cache(maxsize=4096)(core.ShapedArray)
-
-        def put(array: np.ndarray, sharding: jax.sharding.SingleDeviceSharding, committed: bool) -> jax.Array:
-            aval = aval_of(array.shape, array.dtype)
-            return xla_client.batched_device_put(aval, sharding, [array], [*sharding.device_set], committed)
-
-        probe = np.arange(3, dtype=np.float32)
-        for committed in (False, True):
-            result = put(probe, _default_sharding(), committed)
-            if not (
-                isinstance(result, jax.Array)
-                and np.array_equal(np.asarray(result), probe)
-                and result.committed == committed
-                and result.sharding == _default_sharding()
-            ):
-                return public
-        return put
-    except Exception:  # any difference in JAX's internals means: use the public API
-        return public
-
-
-@functools.cache
-def _default_sharding() -> jax.sharding.SingleDeviceSharding:
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-
-def _to_default_device(array: np.ndarray) -> jax.Array:
-    if getattr(jax.config, "jax_default_device", None) is not None:
-        return jax.device_put(array)
-    return _device_put()(array, _default_sharding(), False)
-
-
-def _scalar_like(value: Any, like: Any) -> Any:
-    """A file scalar in the form of its template leaf (a Python scalar or a 0-d array)."""
-    if isinstance(like, (bool, int, float, str)):
-        return value
-    dtype = np.dtype(like.dtype)
-    if isinstance(like, np.ndarray | np.generic):
-        return np.asarray(value, dtype)
-    array = jax.numpy.asarray(value)
-    return array if array.dtype == dtype else jax.numpy.asarray(value, dtype)
-
-
-def _select(manifest: Manifest, subtree: Subtree, where: str) -> tuple[dict[str, Any], tuple[KeyPart, ...]]:
-    root = manifest.data["skeleton"]
-    if subtree is None:
-        return root, ()
-    for path, node in iter_nodes(root):
-        if isinstance(subtree, tuple):
-            if path == subtree:
-                return node, path
-        elif manifest.separator.join(map(str, path)) == subtree and path:
-            return node, path
-    raise CkptSchemaError(f"{where}: no subtree {subtree!r} in the checkpoint (paths join with {manifest.separator!r})")
 
 
 @_gc_paused
@@ -797,12 +608,12 @@ def _load(
 ) -> Any:
     if manifest is None:
         return _load_plain(source, header, template, strict, subtree, separator or ".", mmap)
-    node, prefix = _select(manifest, subtree, source.name)
+    node, prefix = select(manifest, subtree, source.name)
     if template is None:
-        _lookup_containers(node, source.name)
+        lookup_containers(node, source.name)
         tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
         arrays = _read_all(source, header, tensors, verify)
-        return unflatten(node, lambda n: _place(arrays[id(n)], n["dtype"]))
+        return unflatten(node, lambda n: place(arrays[id(n)], n["dtype"]))
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     _raise_or_warn(result.issues, strict, source.name)
@@ -813,10 +624,10 @@ def _load(
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
         if found["kind"] == "scalar":
-            return _scalar_like(scalar_value(found), t["_like"])
+            return scalar_like(scalar_value(found), t["_like"])
         if id(found) in spread:
             return _read_spread(source, header.entries[found["key"]], found, spread[id(found)])
-        return _place(arrays[id(found)], found["dtype"], t["_like"])
+        return place(arrays[id(found)], found["dtype"], t["_like"])
 
     return rebuild(expected, fill)
 
@@ -979,7 +790,7 @@ def _load_plain(
         if subtree is not None:
             raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
         return {
-            key: _place(
+            key: place(
                 _storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape),
                 BY_CODE.get(e.code, DTYPES["uint8"]).name,
             )
@@ -999,7 +810,7 @@ def _load_plain(
             array = _storage.read_tensor(source, entry, dtype, entry.shape)
         if t["kind"] == "scalar":
             return type(t["_like"])(array[()].item())
-        return _place(array, dtype.name, t["_like"])
+        return place(array, dtype.name, t["_like"])
 
     return rebuild(expected, fill)
 
