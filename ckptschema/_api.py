@@ -15,21 +15,24 @@ from typing import IO, Any, TypeVar, cast
 import jax
 import numpy as np
 
-from . import _containers, _progress, _remote, _shards, _storage
+from . import _format, _progress, _remote, _shards, _storage
+from ._agreement import Subtree, check_agreement, lookup_containers, select
 from ._dtypes import BY_CODE, DTYPES, jax_can_hold
 from ._errors import CkptSchemaError, FormatError, Issue, ValidationError
+from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
+from ._json import check_json_text, compact_json
 from ._limits import MAX_HEADER_BYTES, check_header_bytes, check_json_values, check_tensors
 from ._manifest import (
+    FORMAT_KEYS,
     FORMAT_VERSION,
     Manifest,
-    check_json_text,
-    compact_json,
     parse_manifest,
     short_error,
     with_metadata,
 )
+from ._placement import place, scalar_like
 from ._review import Schema, parse_schema
-from ._storage import MANIFEST_KEY, Entry, Header, Source
+from ._storage import Entry, Header, Source
 from ._tree import KeyPart, flatten, iter_nodes, keypath, rebuild, scalar_value, unflatten
 from ._validate import Report, compare, scalar_kind_matches
 
@@ -37,7 +40,6 @@ __all__ = ["dumps", "load", "loads", "manifest_of", "read_manifest", "save", "va
 
 PathLike = str | os.PathLike[str]
 F = TypeVar("F", bound=Callable[..., Any])
-Subtree = str | tuple[KeyPart, ...] | None
 
 
 def _gc_paused(fn: F) -> F:
@@ -100,7 +102,7 @@ class _Plan:
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
         ]
-        self.placeholders = [_storage.PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
+        self.placeholders = [PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
 
     @functools.cached_property
     def entries(self) -> str:
@@ -123,7 +125,7 @@ class _Plan:
             Manifest.from_data(self.data)
             check_tensors(len(self.nodes))
             manifest_text = compact_json(self.data)
-            check_json_text(manifest_text, "manifest")
+            check_json_text(manifest_text, "manifest", FORMAT_KEYS)
             hint = _HEADER_HINT
             if max_shard_bytes is None:
                 self._first = self._render(manifest_text)
@@ -136,7 +138,7 @@ class _Plan:
     def _check_sharded(self, manifest_text: str, max_shard_bytes: int) -> None:
         """`check` for a sharded save: the index and every shard's header."""
         groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
-        name = _shards.shard_name(len(groups), len(groups), _storage.PLACEHOLDER_DIGEST[:8])
+        name = _shards.shard_name(len(groups), len(groups), PLACEHOLDER_DIGEST[:8])
         weight_map: dict[str, str] = {}
         for group in groups:
             _check_header(_storage.header_bytes(_storage.entries_json(self.layout[i] for i in group), self.metadata))
@@ -206,7 +208,7 @@ _HEADER_HINT = (
 
 #: How a tensor's digest field reads inside the header (the manifest is a JSON string there).
 _DIGEST_FIELD = b'\\"digest\\":\\"'
-_PLACEHOLDER = _storage.PLACEHOLDER_DIGEST.encode()
+_PLACEHOLDER = PLACEHOLDER_DIGEST.encode()
 
 
 def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:
@@ -366,7 +368,7 @@ def manifest_of(
     if max_shard_size is not None:
         _shards.parse_size(max_shard_size)
     plan.check("<manifest_of>")
-    plan.set_digests([_storage.digest(a) if plan.checksum else None for a in plan.arrays])
+    plan.set_digests([_format.digest(a) if plan.checksum else None for a in plan.arrays])
     return plan.manifest()
 
 
@@ -392,7 +394,7 @@ def _save_sharded(directory: PathLike, plan: _Plan, max_bytes: int, progress: bo
     where = os.fspath(directory)
     if os.path.exists(where) and not os.path.isdir(where):
         raise CkptSchemaError(f"{where}: max_shard_size= saves a directory, but this path is a file")
-    plan.set_digests([_storage.PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
+    plan.set_digests([PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
     plan.manifest()  # refuses a tree no manifest can describe before anything is written
     index = os.path.join(where, _shards.INDEX_NAME)
     groups = _shards.plan_shards([a.nbytes for a in plan.arrays], max_bytes)
@@ -455,104 +457,11 @@ def _opened(source: PathLike | bytes | bytearray | memoryview) -> Iterator[tuple
         text = header.manifest_text
         manifest = None if text is None else parse_manifest(text, src.name)
         if manifest is not None:
-            if not _agrees(manifest, header):
-                _check_manifest_matches_header(manifest, header, src.name)
+            check_agreement(manifest, header, src.name)
             with_metadata(manifest, {k: v for k, v in header.metadata.items() if k != MANIFEST_KEY})
         yield src, header, manifest
     finally:
         src.close()
-
-
-#: The header code and trailing axis of each dtype name (`DType.header_shape`).
-_LAYOUT = {name: (dtype.code, tuple(dtype.header_shape(()))) for name, dtype in DTYPES.items()}
-
-
-def _agrees(manifest: Manifest, header: Header) -> bool:
-    """Whether manifest and header agree as `_check_manifest_matches_header` requires.
-
-    The same rules in one pass over the skeleton that builds each tensor's expected key
-    from its parent's (no path tuples, no joins); a file that fails any of them goes to the
-    slow check, which says what is wrong.
-    """
-    entries, separator, layout, refusal = header.entries, manifest.separator, _LAYOUT, _containers.refusal
-    keys = []
-    stack: list[tuple[str | None, dict[str, Any]]] = [(None, manifest.skeleton)]  # type: ignore[list-item]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        prefix, node = pop()
-        kind = node["kind"]
-        if kind == "tensor":
-            key = node["key"]
-            entry = entries.get(key)
-            code, axis = layout[node["dtype"]]
-            if key != (prefix or "") or entry is None or entry.code != code or entry.shape != (*node["shape"], *axis):
-                return False
-            keys.append(key)
-        elif kind == "scalar" or kind == "none":
-            continue
-        elif kind == "wrapper":
-            if refusal(node) is not None:
-                return False
-            stack.append((prefix, node["child"]))
-        else:
-            if kind == "dict" and node["type"] is not None and refusal(node) is not None:
-                return False
-            names = node["fields"] if kind == "namedtuple" else node.get("keys") or range(len(node["children"]))
-            parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
-            extend(zip(parts, node["children"]))
-    return len(keys) == len(entries) == len(set(keys))
-
-
-def _check_manifest_matches_header(manifest: Manifest, header: Header, where: str) -> None:
-    """Every manifest tensor is in the header with the same layout, and nothing else is."""
-    problems, invalid = [], []
-    entries = header.entries
-    keys = set()
-    separator = manifest.separator
-    for path, node in iter_nodes(manifest.skeleton):  # type: ignore[arg-type]
-        if node["kind"] != "tensor":
-            # Container types, kinds and metadata as the allow-list allows; no name is ever imported.
-            typed = node["kind"] in ("dict", "wrapper") and node["type"] is not None
-            problem = _containers.refusal(node) if typed else None
-            if problem is not None:
-                invalid.append(f"container type {node['type']!r} at {keypath(path)} {problem}")
-            continue
-        key = node["key"]
-        # A key names one leaf, where the writer put it: its path joined by the separator.
-        if key in keys:
-            problems.append(f"tensor key {key!r} appears twice")
-        elif key != separator.join(map(str, path)):
-            problems.append(f"tensor key {key!r} at {keypath(path)} is not its path joined by {separator!r}")
-        keys.add(key)
-        entry = entries.get(key)
-        dtype = DTYPES[node["dtype"]]
-        if entry is None:
-            problems.append(f"manifest tensor {key!r} is not in the header")
-        elif entry.code != dtype.code or list(entry.shape) != dtype.header_shape(node["shape"]):
-            problems.append(
-                f"tensor {key!r} is {node['dtype']}{node['shape']} in the manifest "
-                f"but {entry.code}{list(entry.shape)} in the header"
-            )
-    if len(keys) != len(entries):
-        problems += [f"header tensor {key!r} is not in the manifest" for key in entries.keys() - keys]
-    if invalid:
-        more = f" (and {len(invalid) - 5} more)" if len(invalid) > 5 else ""
-        raise FormatError(f"{where}: invalid manifest: {'; '.join(invalid[:5])}{more}")
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise FormatError(f"{where}: manifest and header disagree: {'; '.join(problems[:5])}{more}")
-
-
-def _lookup_containers(skeleton: dict[str, Any], where: str) -> None:
-    """Resolve every container type a template-less load will rebuild, before reading tensors."""
-    for path, node in iter_nodes(skeleton):
-        if node["kind"] in ("dict", "wrapper") and node["type"] is not None:
-            try:
-                _containers.lookup(node["type"])
-            except KeyError:
-                raise FormatError(
-                    f"{where}: container type {node['type']!r} at {keypath(path)} is not on the allow-list"
-                ) from None
 
 
 @_gc_paused
@@ -581,101 +490,6 @@ def read_manifest(path: PathLike) -> Manifest:
         if manifest is None:
             raise FormatError(f"{src.name}: no ckptschema manifest in the header (a plain safetensors file)")
         return manifest
-
-
-def _place(array: np.ndarray, dtype_name: str, like: Any = None) -> Any:
-    """Put a loaded array where the template leaf says: numpy, its sharding, or the default device.
-
-    An uncommitted template leaf (what ``jnp`` functions and ``model.init`` return) lives
-    wherever JAX puts new arrays, and so does its loaded leaf.
-    """
-    if isinstance(like, np.generic):
-        return array[()]
-    if isinstance(like, np.ndarray) or not jax_can_hold(dtype_name):
-        return array
-    sharding = getattr(like, "sharding", None)
-    if sharding is None or (isinstance(like, jax.Array) and not like.committed):
-        return _to_default_device(array)
-    if type(sharding) is jax.sharding.SingleDeviceSharding:
-        return _device_put()(array, sharding, True)
-    return jax.device_put(array, sharding)
-
-
-Put = Callable[[np.ndarray, jax.sharding.SingleDeviceSharding, bool], jax.Array]
-
-
-@functools.cache
-def _device_put() -> Put:
-    """`jax.device_put` onto one device, at a small part of its per-call cost.
-
-    A 20,000-leaf checkpoint would spend most of its load in `jax.device_put`'s Python
-    layers (75 us a call here); the C++ `batched_device_put` that `device_put` ends in takes
-    4 us (with the abstract value of each shape and dtype made once) and still aliases
-    64-byte-aligned host buffers on CPU. It is internal to JAX, so it is probed once and
-    `jax.device_put` is used wherever it is missing or different.
-    """
-
-    def public(array: np.ndarray, sharding: jax.sharding.SingleDeviceSharding, committed: bool) -> jax.Array:
-        return jax.device_put(array, sharding if committed else None)
-
-    try:
-        from jax._src import core
-        from jax._src.lib import xla_client
-
-        aval_of = functools.lru_cache(maxsize=4096)(core.ShapedArray)
-
-        def put(array: np.ndarray, sharding: jax.sharding.SingleDeviceSharding, committed: bool) -> jax.Array:
-            aval = aval_of(array.shape, array.dtype)
-            return xla_client.batched_device_put(aval, sharding, [array], [*sharding.device_set], committed)
-
-        probe = np.arange(3, dtype=np.float32)
-        for committed in (False, True):
-            result = put(probe, _default_sharding(), committed)
-            if not (
-                isinstance(result, jax.Array)
-                and np.array_equal(np.asarray(result), probe)
-                and result.committed == committed
-                and result.sharding == _default_sharding()
-            ):
-                return public
-        return put
-    except Exception:  # any difference in JAX's internals means: use the public API
-        return public
-
-
-@functools.cache
-def _default_sharding() -> jax.sharding.SingleDeviceSharding:
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-
-def _to_default_device(array: np.ndarray) -> jax.Array:
-    if getattr(jax.config, "jax_default_device", None) is not None:
-        return jax.device_put(array)
-    return _device_put()(array, _default_sharding(), False)
-
-
-def _scalar_like(value: Any, like: Any) -> Any:
-    """A file scalar in the form of its template leaf (a Python scalar or a 0-d array)."""
-    if isinstance(like, (bool, int, float, str)):
-        return value
-    dtype = np.dtype(like.dtype)
-    if isinstance(like, np.ndarray | np.generic):
-        return np.asarray(value, dtype)
-    array = jax.numpy.asarray(value)
-    return array if array.dtype == dtype else jax.numpy.asarray(value, dtype)
-
-
-def _select(manifest: Manifest, subtree: Subtree, where: str) -> tuple[dict[str, Any], tuple[KeyPart, ...]]:
-    root = manifest.data["skeleton"]
-    if subtree is None:
-        return root, ()
-    for path, node in iter_nodes(root):
-        if isinstance(subtree, tuple):
-            if path == subtree:
-                return node, path
-        elif manifest.separator.join(map(str, path)) == subtree and path:
-            return node, path
-    raise CkptSchemaError(f"{where}: no subtree {subtree!r} in the checkpoint (paths join with {manifest.separator!r})")
 
 
 @_gc_paused
@@ -794,12 +608,12 @@ def _load(
 ) -> Any:
     if manifest is None:
         return _load_plain(source, header, template, strict, subtree, separator or ".", mmap)
-    node, prefix = _select(manifest, subtree, source.name)
+    node, prefix = select(manifest, subtree, source.name)
     if template is None:
-        _lookup_containers(node, source.name)
+        lookup_containers(node, source.name)
         tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
         arrays = _read_all(source, header, tensors, verify)
-        return unflatten(node, lambda n: _place(arrays[id(n)], n["dtype"]))
+        return unflatten(node, lambda n: place(arrays[id(n)], n["dtype"]))
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     _raise_or_warn(result.issues, strict, source.name)
@@ -810,10 +624,10 @@ def _load(
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
         if found["kind"] == "scalar":
-            return _scalar_like(scalar_value(found), t["_like"])
+            return scalar_like(scalar_value(found), t["_like"])
         if id(found) in spread:
             return _read_spread(source, header.entries[found["key"]], found, spread[id(found)])
-        return _place(arrays[id(found)], found["dtype"], t["_like"])
+        return place(arrays[id(found)], found["dtype"], t["_like"])
 
     return rebuild(expected, fill)
 
@@ -976,7 +790,7 @@ def _load_plain(
         if subtree is not None:
             raise CkptSchemaError(f"{source.name}: subtree= needs a manifest or a template; this file has neither")
         return {
-            key: _place(
+            key: place(
                 _storage.read_tensor(source, e, BY_CODE.get(e.code, DTYPES["uint8"]), e.shape),
                 BY_CODE.get(e.code, DTYPES["uint8"]).name,
             )
@@ -996,7 +810,7 @@ def _load_plain(
             array = _storage.read_tensor(source, entry, dtype, entry.shape)
         if t["kind"] == "scalar":
             return type(t["_like"])(array[()].item())
-        return _place(array, dtype.name, t["_like"])
+        return place(array, dtype.name, t["_like"])
 
     return rebuild(expected, fill)
 
@@ -1075,7 +889,7 @@ def _deep_issues(source: Source, header: Header, manifest: Manifest) -> list[Iss
     for path, node in iter_nodes(manifest.data["skeleton"]):
         if node["kind"] == "tensor" and node.get("digest"):
             array = _storage.read_tensor(source, header.entries[node["key"]], DTYPES[node["dtype"]], node["shape"])
-            actual = _storage.digest(array)
+            actual = _format.digest(array)
             if actual != node["digest"]:
                 issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
     return issues

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _format
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
 
 __all__ = ["RemoteSource", "is_url", "write"]
@@ -85,12 +86,10 @@ def write(url: str, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> 
     place: it appears only when complete. Elsewhere it is written under a temporary name
     beside it and moved over it when complete.
     """
-    from ._storage import as_bytes, digest
-
     fs, path = _filesystem(url)
     if hashes:
         with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            digests: list[str | None] = list(pool.map(digest, arrays))
+            digests: list[str | None] = list(pool.map(_format.digest, arrays))
     else:
         digests = [None] * len(arrays)
     header = header_for(digests)
@@ -103,7 +102,7 @@ def write(url: str, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> 
     try:
         out.write(header)
         for array in arrays:
-            out.write(as_bytes(array))
+            out.write(_format.as_bytes(array))
     except BaseException:
         if final is None:
             _discard(out)

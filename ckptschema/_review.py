@@ -35,10 +35,12 @@ import re
 from collections import defaultdict
 from typing import Any, Final
 
+from . import _manifest
 from ._dtypes import ALL_DTYPE_NAMES
 from ._errors import FormatError
+from ._json import strict_json
 from ._limits import MAX_DEPTH, MAX_NODES
-from ._manifest import _SCALAR_CHECKS, Manifest, json_schema, parse_manifest, short_error, strict_json
+from ._manifest import _SCALAR_CHECKS, Manifest, json_schema, parse_manifest, short_error
 from ._paths import CANONICAL_INT, Path, parse_name, part_key, sort_key, spell_path
 from ._tree import KeyPart, child_keys
 
@@ -430,3 +432,10 @@ def document_json_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+def _schema_document(manifest: Manifest, structure_only: bool) -> str:
+    return Schema.of(manifest, structure_only=structure_only).document()
+
+
+_manifest.render_schema_document = _schema_document

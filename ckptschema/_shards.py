@@ -34,9 +34,10 @@ from typing import Any
 
 from . import _atomic, _remote, _storage
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
+from ._format import MANIFEST_KEY
+from ._json import strict_json
 from ._limits import LimitError, check_header_bytes, check_tensors
-from ._manifest import strict_json
-from ._storage import MANIFEST_KEY, Entry, FileSource, Header
+from ._storage import Entry, FileSource, Header
 
 __all__ = ["INDEX_NAME", "ShardedSource", "is_sharded", "open_sharded", "parse_size", "plan_shards", "write_index"]
 

@@ -188,3 +188,57 @@ def test_the_package_is_typed_and_its_version_written_once():
     project = _pyproject()["project"]
     assert "version" not in project and "version" in project["dynamic"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", ckptschema.__version__)
+
+
+#: The byte layer: safetensors bytes, files, shards, URLs. It knows no manifest models.
+_BYTE_LAYER = ("ckptschema._storage", "ckptschema._shards", "ckptschema._remote", "ckptschema._atomic")
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each ``ckptschema/*.py`` module and what it imports, at the top or in a function.
+
+    A package module is named ``ckptschema.<file stem>`` (``ckptschema.__init__`` for ``import
+    ckptschema``), a third-party module by its top-level name.
+    """
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.glob("*.py"):
+        found = graph.setdefault(f"ckptschema.{path.stem}", set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                base = "ckptschema." + (node.module or "") if node.level else node.module or ""
+                names = [base + alias.name for alias in node.names] if base == "ckptschema." else [base]
+            else:
+                continue
+            for name in names:
+                parts = name.strip(".").split(".")
+                if parts[0] != "ckptschema":
+                    found.add(parts[0])
+                elif len(parts) == 1 or not (PACKAGE / f"{parts[1]}.py").is_file():
+                    found.add("ckptschema.__init__")
+                else:
+                    found.add(f"ckptschema.{parts[1]}")
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for name in graph.get(stack.pop(), set()) - seen:
+            seen.add(name)
+            stack.append(name)
+    return seen
+
+
+def test_the_package_modules_import_each_other_without_a_cycle():
+    graph = _package_imports()
+    cycles = sorted(m for m in graph if m in _reachable({k: v & graph.keys() for k, v in graph.items()}, m))
+    assert cycles == []
+
+
+@pytest.mark.parametrize("module", _BYTE_LAYER)
+def test_the_byte_layer_imports_neither_pydantic_nor_the_manifest_models(module):
+    reached = _reachable(_package_imports(), module)
+    assert sorted(reached & {"pydantic", "ckptschema._manifest"}) == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ckptschema
-from ckptschema import _remote, _storage
+from ckptschema import _format, _remote, _storage
 from ckptschema.cli import main
 
 from .helpers import assert_same_tree
@@ -112,7 +112,7 @@ def test_a_failed_s3_save_leaves_the_previous_object(bucket, monkeypatch):
     url = f"{bucket}/model.safetensors"
     ckptschema.save(url, _tree())
     calls = []
-    real = _storage.as_bytes
+    real = _format.as_bytes
 
     def fail_on_second_tensor(array: np.ndarray) -> memoryview:
         calls.append(1)
@@ -120,7 +120,7 @@ def test_a_failed_s3_save_leaves_the_previous_object(bucket, monkeypatch):
             raise OSError(5, "connection reset")
         return real(array)
 
-    monkeypatch.setattr(_storage, "as_bytes", fail_on_second_tensor)
+    monkeypatch.setattr(_format, "as_bytes", fail_on_second_tensor)
     with pytest.raises(ckptschema.CkptSchemaError, match="cannot write"):
         ckptschema.save(url, {**_tree(), "step": 11}, checksum=None)
     monkeypatch.undo()
@@ -132,7 +132,7 @@ def test_memory_urls_round_trip_and_a_failed_save_keeps_the_old_object(monkeypat
 
     url = f"memory://ckpt-{secrets.token_hex(4)}/model.safetensors"
     ckptschema.save(url, {"w": np.arange(3, dtype=np.float32)})
-    monkeypatch.setattr(_storage, "as_bytes", lambda array: (_ for _ in ()).throw(OSError(5, "gone")))
+    monkeypatch.setattr(_format, "as_bytes", lambda array: (_ for _ in ()).throw(OSError(5, "gone")))
     with pytest.raises(ckptschema.CkptSchemaError, match="cannot write"):
         ckptschema.save(url, {"w": np.zeros(3, np.float32)})
     monkeypatch.undo()

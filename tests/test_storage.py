@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import ckptschema
 from ckptschema import _storage
 from ckptschema._dtypes import DTYPES
+from ckptschema._json import compact_json
 from ckptschema._limits import MAX_TENSORS
-from ckptschema._manifest import compact_json
 
 from .helpers import assert_same_array
 
