@@ -14,14 +14,7 @@ import importlib
 from typing import Any
 
 from . import _containers
-from ._api import dumps as dumps
-from ._api import load as load
-from ._api import load_schema as load_schema
-from ._api import loads as loads
-from ._api import manifest_of as manifest_of
-from ._api import read_manifest as read_manifest
-from ._api import save as save
-from ._api import validate as validate
+from ._compare import Report as Report
 from ._containers import Container as Container
 from ._errors import CheckpointNotFoundError as CheckpointNotFoundError
 from ._errors import CkptSchemaError as CkptSchemaError
@@ -29,13 +22,20 @@ from ._errors import FormatError as FormatError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import Issue as Issue
 from ._errors import ValidationError as ValidationError
+from ._load import load as load
+from ._load import loads as loads
+from ._load import read_manifest as read_manifest
 from ._manifest import FORMAT_VERSION as FORMAT_VERSION
 from ._manifest import Manifest as Manifest
 from ._manifest import json_schema as json_schema
 from ._review import Schema as Schema
 from ._safejax import deserialize as deserialize
 from ._safejax import serialize as serialize
-from ._validate import Report as Report
+from ._save import dumps as dumps
+from ._save import manifest_of as manifest_of
+from ._save import save as save
+from ._validate import load_schema as load_schema
+from ._validate import validate as validate
 
 #: The one place the version is written; the build reads it (``[tool.hatch.version]``).
 __version__ = "0.1.0"

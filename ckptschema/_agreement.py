@@ -14,8 +14,8 @@ from typing import Any
 from . import _containers
 from ._dtypes import DTYPES
 from ._errors import CkptSchemaError, FormatError
+from ._header import Header
 from ._manifest import Manifest
-from ._storage import Header
 from ._tree import KeyPart, iter_nodes, keypath
 
 __all__ = ["Subtree", "check_agreement", "lookup_containers", "select"]

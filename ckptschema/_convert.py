@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _storage
+from . import _header, _sources, _tensors
 from ._dtypes import BY_CODE
 from ._errors import CkptSchemaError, FormatError
 
@@ -57,9 +57,9 @@ def detect(src: str) -> str:
     """The format of `src`: a directory is orbax, a safetensors file safetensors, else flax-msgpack."""
     if os.path.isdir(src):
         return "orbax"
-    source = _storage.open_source(src)  # refuses what is not a regular file
+    source = _sources.open_source(src)  # refuses what is not a regular file
     try:
-        _storage.read_header(source)
+        _header.read_header(source)
     except FormatError:
         return "flax-msgpack"
     finally:
@@ -89,16 +89,16 @@ def read_foreign(src: str, format: str | None = None) -> Foreign:
 
 
 def _read_safetensors(src: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    source = _storage.open_source(src)
+    source = _sources.open_source(src)
     try:
-        header = _storage.read_header(source)
+        header = _header.read_header(source)
         if header.manifest_text is not None:
             raise CkptSchemaError(f"{src}: already a ckptschema checkpoint (it has a manifest); nothing to convert")
         unknown = sorted({e.code for e in header.entries.values()} - BY_CODE.keys())
         if unknown:
             raise FormatError(f"{src}: tensors of dtype {', '.join(unknown)} have no numpy equivalent")
         wanted = [(e, BY_CODE[e.code], e.shape) for e in header.entries.values()]
-        arrays = _storage.read_tensors(source, wanted)
+        arrays = _tensors.read_tensors(source, wanted)
     finally:
         source.close()
     return dict(zip(header.entries, arrays)), dict(header.metadata)
@@ -180,9 +180,9 @@ def _read_flax_msgpack(src: str) -> Any:
         raise CkptSchemaError(
             f"reading flax msgpack needs flax ({e}); install it with: pip install 'ckptschema[flax]'"
         ) from e
-    source = _storage.open_source(src)  # refuses what is not a regular file
+    source = _sources.open_source(src)  # refuses what is not a regular file
     try:
-        data = _storage.read_whole(source)
+        data = _sources.read_whole(source)
     finally:
         source.close()
     try:

@@ -6,10 +6,10 @@ import re
 from collections import Counter
 from typing import Any
 
+from ._compare import compare
 from ._errors import Issue
 from ._manifest import Manifest
 from ._review import Schema
-from ._validate import compare
 
 __all__ = ["MARKDOWN_ROWS", "differences", "markdown_summary"]
 

@@ -1,6 +1,6 @@
 """What the file format fixes that every layer names: where the manifest sits and how a tensor is hashed.
 
-The bottom of the byte layer: `_storage`, `_shards` and `_remote` write and check these, the
+The bottom of the byte layer: `_header`, `_tensors`, `_shards` and `_remote` write and check these, the
 API builds manifests with them, and this module imports none of them.
 """
 

@@ -15,12 +15,13 @@ import stat
 import sys
 from typing import Any
 
-from ._api import load_schema, read_manifest
 from ._dtypes import DTYPES
+from ._load import read_manifest
 from ._manifest import FORMAT_VERSION, Manifest
 from ._review import Schema
 from ._shards import is_sharded
 from ._tree import KeyPart, child_keys, describe, keypath
+from ._validate import load_schema
 
 __all__ = ["STDIN", "Inventory", "escaped", "human_size", "read_any"]
 

@@ -93,7 +93,7 @@ def reading(source: Any, total: int, description: str, requested: bool) -> Itera
     """`source` (a checkpoint `Source`) wrapped so that its reads advance a bar of `total` bytes.
 
     Example:
-        >>> from ckptschema._storage import open_source
+        >>> from ckptschema._sources import open_source
         >>> src = open_source(b"12345678")
         >>> with reading(src, src.size, "loading <bytes>", requested=False) as tracked:
         ...     tracked is src

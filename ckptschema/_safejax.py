@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, overload
 
-from ._api import dumps, load, loads, save
+from ._load import load, loads
 from ._manifest import Manifest
+from ._save import dumps, save
 
 __all__ = ["deserialize", "serialize"]
 

@@ -32,12 +32,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import _atomic, _remote, _storage
+from . import _atomic, _header, _remote, _sources
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
 from ._format import MANIFEST_KEY
+from ._header import Entry, Header
 from ._json import strict_json
 from ._limits import LimitError, check_header_bytes, check_tensors
-from ._storage import Entry, FileSource, Header
+from ._sources import FileSource
 
 __all__ = ["INDEX_NAME", "ShardedSource", "is_sharded", "open_sharded", "parse_size", "plan_shards", "write_index"]
 
@@ -211,7 +212,7 @@ def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
     source = FileSource(where)  # refuses what is not a regular file
     try:
         check_header_bytes(source.size, "index")
-        raw = _storage.read_whole(source)
+        raw = _sources.read_whole(source)
     except LimitError as e:
         raise FormatError(f"{where}: {e}") from None
     finally:
@@ -263,7 +264,7 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
         user_metadata: dict[str, str] = {}
         for i, name in enumerate(names):
             with source.shard(i) as shard:
-                header = _storage.read_header(shard)
+                header = _header.read_header(shard)
             if MANIFEST_KEY in header.metadata:
                 raise FormatError(f"{shard.name}: a shard must not hold a manifest of its own")
             user_metadata = user_metadata or header.metadata

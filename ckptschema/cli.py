@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import __version__
-from ._api import read_manifest, save, validate
 from ._convert import FORMATS, read_foreign
 from ._diff import differences, markdown_summary
 from ._errors import CkptSchemaError
 from ._inventory import STDIN, Inventory, escaped, human_size, read_any
+from ._load import read_manifest
 from ._manifest import Manifest, json_schema
 from ._review import Schema, document_json_schema
+from ._save import save
+from ._validate import validate
 
 __all__ = ["Inventory", "load_template", "main", "run", "schema_beside"]
 

@@ -13,28 +13,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckptschema
-from ckptschema import _storage
+from ckptschema import _header, _sources, _tensors
 from ckptschema._dtypes import DTYPES
 
 _EIGHT_DEVICES = r"""
 import json, sys
 import jax, numpy as np, ckptschema
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from ckptschema import _storage
+from ckptschema import _header, _sources, _tensors
 
 mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("x", "y"))
 w = np.arange(64 * 6, dtype=np.float32).reshape(64, 6)
 v = np.arange(16, dtype=np.int8)
 tree = {"rows": w, "flat": v, "replicated": w, "blocks": w}
 ckptschema.save(sys.argv[1], tree)
-data_start = _storage.read_header(_storage.FileSource(sys.argv[1])).data_start
+data_start = _header.read_header(_sources.FileSource(sys.argv[1])).data_start
 
 reads = []
-real = _storage.FileSource.read_into
+real = _sources.FileSource.read_into
 def recording(self, offset, buffer):
     reads.append(buffer.nbytes)
     real(self, offset, buffer)
-_storage.FileSource.read_into = recording
+_sources.FileSource.read_into = recording
 
 def spec(a, partition):
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, partition))
@@ -75,17 +75,17 @@ _BLOCKS = st.lists(st.integers(1, 6), min_size=0, max_size=3).flatmap(
 )
 
 
-@pytest.mark.parametrize("max_runs", [_storage._MAX_RUNS, 0])
+@pytest.mark.parametrize("max_runs", [_tensors._MAX_RUNS, 0])
 @given(block=_BLOCKS)
 def test_read_slice_equals_numpy_indexing_by_runs_or_by_span(block, max_runs):
     shape, index = block
     array = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape)
-    source = _storage.BytesSource(ckptschema.dumps({"a": array}, checksum=None))
-    entry = _storage.read_header(source).entries["a"]
-    limit, _storage._MAX_RUNS = _storage._MAX_RUNS, max_runs
+    source = _sources.BytesSource(ckptschema.dumps({"a": array}, checksum=None))
+    entry = _header.read_header(source).entries["a"]
+    limit, _tensors._MAX_RUNS = _tensors._MAX_RUNS, max_runs
     try:
-        got = _storage.read_slice(source, entry, DTYPES["int32"], shape, index)
+        got = _tensors.read_slice(source, entry, DTYPES["int32"], shape, index)
     finally:
-        _storage._MAX_RUNS = limit
+        _tensors._MAX_RUNS = limit
     np.testing.assert_array_equal(got, array[index])
     assert got.dtype == np.int32 and got.flags.c_contiguous

@@ -26,7 +26,9 @@ from hypothesis import strategies as st
 import ckptschema
 from ckptschema import CkptSchemaError, FormatError
 from ckptschema._dtypes import DTYPES
-from ckptschema._storage import BytesSource, FileSource, read_header, read_tensor
+from ckptschema._header import read_header
+from ckptschema._sources import BytesSource, FileSource
+from ckptschema._tensors import read_tensor
 
 from .make_corpus import SENTINEL_FILE, SENTINEL_MODULE, build_corpus, split, valid_bytes, valid_tree
 

@@ -191,7 +191,14 @@ def test_the_package_is_typed_and_its_version_written_once():
 
 
 #: The byte layer: safetensors bytes, files, shards, URLs. It knows no manifest models.
-_BYTE_LAYER = ("ckptschema._storage", "ckptschema._shards", "ckptschema._remote", "ckptschema._atomic")
+_BYTE_LAYER = (
+    "ckptschema._sources",
+    "ckptschema._header",
+    "ckptschema._tensors",
+    "ckptschema._shards",
+    "ckptschema._remote",
+    "ckptschema._atomic",
+)
 
 
 def _package_imports() -> dict[str, set[str]]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ckptschema
+from ckptschema._header import header_bytes
 from ckptschema._limits import MAX_DEPTH, MAX_INT_DIGITS, MAX_TENSORS
-from ckptschema._storage import header_bytes
 
 DEPTH_ERROR = (
     f"the tree is deeper than MAX_DEPTH={MAX_DEPTH} (the root is depth 0; each container and wrapper adds one)"

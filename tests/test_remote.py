@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ckptschema
-from ckptschema import _format, _remote, _storage
+from ckptschema import _format, _header, _remote
 from ckptschema.cli import main
 
 from .helpers import assert_same_tree
@@ -88,7 +88,7 @@ def test_cli_inspects_and_validates_an_s3_checkpoint(bucket, capsys):
 def test_a_subtree_from_s3_reads_only_the_header_and_its_bytes(bucket, monkeypatch):
     url = f"{bucket}/model.safetensors"
     ckptschema.save(url, _tree())
-    header_bytes = _storage.read_header(_remote.RemoteSource(url)).data_start
+    header_bytes = _header.read_header(_remote.RemoteSource(url)).data_start
     reads: list[int] = []
     real = _remote.RemoteSource.read_into
 

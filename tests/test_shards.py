@@ -17,7 +17,7 @@ import pytest
 import safetensors.numpy
 
 import ckptschema
-from ckptschema import _storage
+from ckptschema import _tensors
 from ckptschema._dtypes import DTYPES
 from ckptschema._shards import MAX_OPEN_SHARDS, open_sharded
 from ckptschema.cli import main
@@ -107,21 +107,25 @@ def test_saving_never_removes_files_an_old_index_names_but_ckptschema_did_not_wr
     assert (directory / "notes.txt").read_text() == "keep me"
 
 
-def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path):
     directory = _saved(tmp_path)
     before = set(os.listdir(directory))
-    calls = []
-    real = _storage.write_stream
-
-    def fail_on_second_shard(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_storage, "write_stream", fail_on_second_shard)
-    with pytest.raises(ckptschema.CkptSchemaError, match="ckpt: cannot write \\(No space left on device\\)"):
-        ckptschema.save(directory, {k: v for k, v in _tree().items()}, max_shard_size="2KB")
+    # The first shard (100 B) fits under the file size limit, the second (80 KB) does not:
+    # the kernel stops the save midway with EFBIG, as a full disk would with ENOSPC.
+    script = (
+        "import resource, signal, sys, numpy as np, ckptschema\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))\n"
+        "tree = {'a': np.ones(100, np.int8), 'b': np.ones(20_000, np.float32)}\n"
+        "try:\n"
+        "    ckptschema.save(sys.argv[1], tree, max_shard_size='2KB')\n"
+        "except ckptschema.CkptSchemaError as e:\n"
+        "    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(directory)], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout == f"{directory}: cannot write (File too large)\n"
     assert set(os.listdir(directory)) == before
     assert ckptschema.validate(directory, deep=True).ok
 
@@ -285,7 +289,7 @@ def test_shard_replaced_after_it_was_first_opened_is_refused(tmp_path):
         copy.write_bytes(Path(first).read_bytes())
         os.replace(copy, first)  # same bytes, another file
         with pytest.raises(ckptschema.FormatError) as e:
-            _storage.read_tensor(source, header.entries["t0"], DTYPES["int32"], (4,))
+            _tensors.read_tensor(source, header.entries["t0"], DTYPES["int32"], (4,))
     finally:
         source.close()
     assert str(e.value) == (

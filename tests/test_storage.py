@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckptschema
-from ckptschema import _storage
+from ckptschema import _header, _sources, _tensors
 from ckptschema._dtypes import DTYPES
 from ckptschema._json import compact_json
 from ckptschema._limits import MAX_TENSORS
@@ -26,11 +26,11 @@ def test_entries_json_is_exactly_what_the_json_encoders_write(keys, shape):
     for key, code, dims, nbytes in entries:
         expected[key] = {"dtype": code, "shape": dims, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    text = "{" + _storage.entries_json(entries) + "}"
+    text = "{" + _header.entries_json(entries) + "}"
     assert text == compact_json(expected) == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
 
 
-class _CountingSource(_storage.BytesSource):
+class _CountingSource(_sources.BytesSource):
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.reads = 0
@@ -43,10 +43,10 @@ class _CountingSource(_storage.BytesSource):
 def test_adjacent_small_tensors_are_read_in_one_call():
     tree = {f"w{i}": np.full(3, i, np.float32) for i in range(50)}
     source = _CountingSource(ckptschema.dumps(tree, checksum=None))
-    header = _storage.read_header(source)
+    header = _header.read_header(source)
     reads_for_header = source.reads
     wanted = [(header.entries[k], DTYPES["float32"], (3,)) for k in reversed(list(tree))]
-    arrays = _storage.read_tensors(source, wanted)
+    arrays = _tensors.read_tensors(source, wanted)
     assert source.reads - reads_for_header == 1
     for key, array in zip(reversed(list(tree)), arrays):
         assert_same_array(array, tree[key])
@@ -55,14 +55,14 @@ def test_adjacent_small_tensors_are_read_in_one_call():
 def test_large_tensors_get_their_own_aligned_buffer():
     big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB
     data = ckptschema.dumps({"a": np.ones(1, np.int8), "big": big}, checksum=None)
-    source = _storage.BytesSource(data)
-    header = _storage.read_header(source)
-    (array,) = _storage.read_tensors(source, [(header.entries["big"], DTYPES["float32"], big.shape)])
+    source = _sources.BytesSource(data)
+    header = _header.read_header(source)
+    (array,) = _tensors.read_tensors(source, [(header.entries["big"], DTYPES["float32"], big.shape)])
     assert array.__array_interface__["data"][0] % 64 == 0
     assert_same_array(array, big)
 
 
-class _ThreadRecordingSource(_storage.FileSource):
+class _ThreadRecordingSource(_sources.FileSource):
     def __init__(self, path: object) -> None:
         super().__init__(path)  # type: ignore[arg-type]
         self.reads: list[tuple[int, int, int]] = []
@@ -82,26 +82,26 @@ def _large_file(tmp_path: object) -> tuple[object, dict[str, np.ndarray]]:
 def test_large_loads_are_read_in_chunks_on_several_threads_and_come_back_exact(tmp_path):
     path, tree = _large_file(tmp_path)
     source = _ThreadRecordingSource(path)
-    header = _storage.read_header(source)
+    header = _header.read_header(source)
     source.reads.clear()
     wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
-    arrays = _storage.read_tensors(source, wanted)
-    assert max(n for _, n, _ in source.reads) == _storage._READ_CHUNK
+    arrays = _tensors.read_tensors(source, wanted)
+    assert max(n for _, n, _ in source.reads) == _tensors._READ_CHUNK
     assert sum(n for _, n, _ in source.reads) == sum(a.nbytes for a in tree.values())
-    assert len({thread for _, _, thread in source.reads}) == min(_storage._READ_WORKERS, len(source.reads))
+    assert len({thread for _, _, thread in source.reads}) == min(_tensors._READ_WORKERS, len(source.reads))
     for array, expected in zip(arrays, tree.values()):
         assert_same_array(array, expected)
 
 
 def test_file_truncated_under_a_threaded_read_is_a_format_error(tmp_path):
     path, tree = _large_file(tmp_path)
-    source = _storage.FileSource(path)
-    header = _storage.read_header(source)
+    source = _sources.FileSource(path)
+    header = _header.read_header(source)
     with open(path, "r+b") as f:
         f.truncate(header.data_start + (20 << 20))
     wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
     with pytest.raises(ckptschema.FormatError, match=r"large\.safetensors: file ended at byte \d+"):
-        _storage.read_tensors(source, wanted)
+        _tensors.read_tensors(source, wanted)
 
 
 def _raw_file(header: str, data: bytes = b"") -> bytes:
@@ -133,7 +133,7 @@ def _many_tensors(count: int, metadata: bool) -> bytes:
 
 @pytest.mark.parametrize("metadata", [False, True], ids=["no-metadata", "metadata"])
 def test_header_of_max_tensors_tensors_is_read(metadata):
-    header = _storage.read_header(_storage.BytesSource(_many_tensors(MAX_TENSORS, metadata)))
+    header = _header.read_header(_sources.BytesSource(_many_tensors(MAX_TENSORS, metadata)))
     assert len(header.entries) == MAX_TENSORS
 
 
@@ -147,7 +147,7 @@ def test_header_of_max_tensors_tensors_is_read(metadata):
 )
 def test_header_of_one_tensor_over_max_tensors_is_refused_naming_the_limit(metadata, message):
     with pytest.raises(ckptschema.FormatError) as e:
-        _storage.read_header(_storage.BytesSource(_many_tensors(MAX_TENSORS + 1, metadata)))
+        _header.read_header(_sources.BytesSource(_many_tensors(MAX_TENSORS + 1, metadata)))
     assert str(e.value) == message
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import ckptschema
+from ckptschema._compare import compare
 from ckptschema._tree import flatten
-from ckptschema._validate import compare
 
 
 def _skeleton(tree, template=False):

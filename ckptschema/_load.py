@@ -1,0 +1,257 @@
+"""The load functions: `load`, `loads`, `read_manifest`; a file with a manifest, with or without a template."""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _tensors
+from ._agreement import Subtree, lookup_containers, select
+from ._compare import compare, raise_or_warn
+from ._dtypes import DTYPES, jax_can_hold
+from ._errors import FormatError
+from ._gcpause import gc_paused
+from ._header import Entry, Header
+from ._manifest import Manifest
+from ._opening import PathLike, open_checkpoint, tracking
+from ._placement import place, scalar_like
+from ._plain import load_plain
+from ._sources import Source
+from ._tree import flatten, iter_nodes, rebuild, scalar_value, unflatten
+
+__all__ = ["load", "loads", "read_manifest"]
+
+
+@gc_paused
+def read_manifest(path: PathLike) -> Manifest:
+    """Read a checkpoint's manifest from its header; no tensor bytes are read.
+
+    Args:
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+
+    Returns:
+        The `Manifest`, with the header's user metadata as `Manifest.metadata`.
+
+    Raises:
+        CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`).
+        FormatError: if the file is not a valid checkpoint or has no manifest.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> tree = {"w": np.zeros((2, 2), np.float16)}
+        >>> _ = ckptschema.save(tmp_path / "m.safetensors", tree, metadata={"step": "100"})
+        >>> manifest = ckptschema.read_manifest(tmp_path / "m.safetensors")
+        >>> manifest.tensors["w"].shape, manifest.metadata
+        ((2, 2), {'step': '100'})
+    """
+    with open_checkpoint(path) as (src, _, manifest):
+        if manifest is None:
+            raise FormatError(f"{src.name}: no ckptschema manifest in the header (a plain safetensors file)")
+        return manifest
+
+
+@gc_paused
+def load(
+    path: PathLike,
+    template: Any = None,
+    *,
+    strict: bool = True,
+    subtree: Subtree = None,
+    verify: bool = False,
+    separator: str | None = None,
+    progress: bool = False,
+    mmap: bool = False,
+) -> Any:
+    """Load a checkpoint, checked against a template when one is given.
+
+    Without a template the exact saved tree comes back (containers, key order and types,
+    None, namedtuples, FrozenDict, scalars) with `jax.Array` leaves. With a template,
+    everything is checked before any tensor is read: structure, paths, shapes, dtypes.
+    Nothing is cast or broadcast. The result has the template's own types and each leaf is
+    placed like its template leaf; a leaf sharded over several devices is read block by
+    block, each device getting the bytes of its own block only (with ``verify=True`` the
+    whole tensor is read and hashed first).
+
+    Args:
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+        template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`
+            (e.g. ``jax.eval_shape(model.init, ...)``) or Python scalars.
+        strict: if False, tensors in the file that the template lacks are allowed
+            (reported as a warning); missing ones are still an error.
+        subtree: load only this part, as a separator-joined path (``"params.Dense_0"``)
+            or a tuple of keys; only its bytes are read.
+        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+            Files saved with ``checksum=None``, and plain safetensors files, have none to check.
+        separator: for files without a manifest, the separator that joined their keys.
+        progress: show a progress bar over the bytes read (only when stderr is a terminal).
+        mmap: give numpy template leaves as read-only views of a memory map of the file:
+            nothing is copied, and nothing is read until used. The file must then not be
+            truncated or rewritten in place while they live (the process would die of
+            SIGBUS); replacing it by rename, as `save` does, is safe. Other leaves are read
+            as usual.
+
+    Returns:
+        The tree.
+
+    Raises:
+        ValidationError: listing every mismatch with the template, by path.
+        CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`,
+            so ``except FileNotFoundError:`` starts afresh when there is none yet).
+        FormatError: if the file is not a valid checkpoint.
+        IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ckptschema
+        >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+        >>> _ = ckptschema.save(tmp_path / "p.safetensors", params)
+        >>> abstract = jax.eval_shape(lambda: params)
+        >>> ckptschema.load(tmp_path / "p.safetensors", template=abstract)["w"].shape
+        (2, 3)
+    """
+    with open_checkpoint(path) as (source, header, manifest), tracking(source, header, "loading", progress) as tracked:
+        return _load(tracked, header, manifest, template, strict, subtree, verify, separator, mmap)
+
+
+@gc_paused
+def loads(
+    data: bytes | bytearray | memoryview,
+    template: Any = None,
+    *,
+    strict: bool = True,
+    subtree: Subtree = None,
+    verify: bool = False,
+    separator: str | None = None,
+    progress: bool = False,
+    mmap: bool = False,
+) -> Any:
+    """Load a checkpoint from bytes (as made by `dumps`); the options are those of `load`.
+
+    Args:
+        data: the checkpoint's bytes.
+        template: as for `load`.
+        strict: if False, tensors that the template lacks are allowed (reported as a warning).
+        subtree: load only this part, as a separator-joined path or a tuple of keys.
+        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+        separator: for data without a manifest, the separator that joined their keys.
+        progress: show a progress bar over the bytes read (only when stderr is a terminal).
+        mmap: give numpy template leaves as read-only views of `data` instead of copies.
+
+    Returns:
+        The tree.
+
+    Raises:
+        ValidationError: listing every mismatch with the template, by path.
+        FormatError: if the bytes are not a valid checkpoint.
+        IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> ckptschema.loads(ckptschema.dumps({"a": [1, 2.5, None]}))
+        {'a': [1, 2.5, None]}
+    """
+    with open_checkpoint(data) as (source, header, manifest), tracking(source, header, "loading", progress) as tracked:
+        return _load(tracked, header, manifest, template, strict, subtree, verify, separator, mmap)
+
+
+def _load(
+    source: Source,
+    header: Header,
+    manifest: Manifest | None,
+    template: Any,
+    strict: bool,
+    subtree: Subtree,
+    verify: bool,
+    separator: str | None,
+    mmap: bool,
+) -> Any:
+    if manifest is None:
+        return load_plain(source, header, template, strict, subtree, separator or ".", mmap)
+    node, prefix = select(manifest, subtree, source.name)
+    if template is None:
+        lookup_containers(node, source.name)
+        tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
+        arrays = _read_all(source, header, tensors, verify)
+        return unflatten(node, lambda n: place(arrays[id(n)], n["dtype"]))
+    expected = flatten(template, manifest.separator, template=True).skeleton
+    result = compare(node, expected, prefix)
+    raise_or_warn(result.issues, strict, source.name)
+    spread = {} if verify else _spread_leaves(expected, result.pairs)
+    tensors = [n for n in result.pairs.values() if n["kind"] == "tensor" and id(n) not in spread]
+    arrays = _read_all(source, header, tensors, verify, _numpy_leaves(expected, result.pairs) if mmap else set())
+
+    def fill(t: dict[str, Any]) -> Any:
+        found = result.pairs[id(t)]
+        if found["kind"] == "scalar":
+            return scalar_like(scalar_value(found), t["_like"])
+        if id(found) in spread:
+            return _read_spread(source, header.entries[found["key"]], found, spread[id(found)])
+        return place(arrays[id(found)], found["dtype"], t["_like"])
+
+    return rebuild(expected, fill)
+
+
+def _spread_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> dict[int, Any]:
+    """The sharding of each file tensor whose template leaf spreads it over several devices, by ``id``."""
+    spread = {}
+    for _, t in iter_nodes(expected):
+        like = t.get("_like")
+        sharding = None if isinstance(like, np.ndarray) else getattr(like, "sharding", None)
+        found = pairs.get(id(t))
+        if (
+            sharding is not None
+            and len(sharding.device_set) > 1
+            and found is not None
+            and found["kind"] == "tensor"
+            and jax_can_hold(found["dtype"])
+        ):
+            spread[id(found)] = sharding
+    return spread
+
+
+def _read_spread(source: Source, entry: Entry, node: dict[str, Any], sharding: Any) -> jax.Array:
+    """A tensor built shard by shard: each addressable device gets the bytes of its own block.
+
+    Each distinct block is read once (replicas share it); no device's data passes through a
+    whole host copy of the tensor.
+    """
+    dtype, shape = DTYPES[node["dtype"]], tuple(node["shape"])
+    blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+
+    def block(index: tuple[slice, ...] | None) -> np.ndarray:
+        index = index or ()
+        key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if key not in blocks:
+            blocks[key] = _tensors.read_slice(source, entry, dtype, shape, index)
+        return blocks[key]
+
+    return jax.make_array_from_callback(shape, sharding, block)
+
+
+def _numpy_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> set[int]:
+    """The ``id`` of each file tensor that a numpy template leaf will receive."""
+    found = (pairs.get(id(t)) for _, t in iter_nodes(expected) if isinstance(t.get("_like"), np.ndarray))
+    return {id(n) for n in found if n is not None and n["kind"] == "tensor"}
+
+
+def _read_all(
+    source: Source, header: Header, nodes: list[dict[str, Any]], verify: bool, mapped: AbstractSet[int] = frozenset()
+) -> dict[int, np.ndarray]:
+    """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows;
+    those in `mapped` are views of a memory map instead."""
+
+    def wanted(some: list[dict[str, Any]]) -> list[tuple[Entry, Any, list[int]]]:
+        return [(header.entries[n["key"]], DTYPES[n["dtype"]], n["shape"]) for n in some]
+
+    viewed = [n for n in nodes if id(n) in mapped]
+    nodes = [n for n in nodes if id(n) not in mapped]
+    arrays = _tensors.read_tensors(source, wanted(nodes))
+    if viewed:
+        nodes += viewed
+        arrays += _tensors.map_tensors(source, source.map(), wanted(viewed))
+    if verify:
+        for n, array in zip(nodes, arrays):
+            _tensors.verify(array, n.get("digest"), n["key"], source.name)
+    return {id(n): array for n, array in zip(nodes, arrays)}

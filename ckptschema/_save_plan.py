@@ -1,0 +1,178 @@
+"""`SavePlan`: everything one save writes, worked out and checked before a byte is written.
+
+tree → skeleton + arrays (`_tree.flatten`) → manifest data → header bytes; `check` runs the
+reader's own validation and limits on the very text that will be written.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from . import _header, _shards, _tensors
+from ._dtypes import DTYPES
+from ._errors import CkptSchemaError
+from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
+from ._json import check_json_text, compact_json
+from ._limits import check_header_bytes, check_json_values, check_tensors
+from ._manifest import FORMAT_KEYS, FORMAT_VERSION, Manifest, short_error, with_metadata
+from ._tree import flatten
+
+__all__ = ["SavePlan"]
+
+
+class SavePlan:
+    """Everything a save writes, worked out once: the manifest data, the arrays, the header."""
+
+    def __init__(
+        self,
+        tree: Any,
+        *,
+        metadata: Mapping[str, str] | None,
+        separator: str,
+        framework: str | None,
+        checksum: str | None,
+    ) -> None:
+        if checksum not in ("sha256", None):
+            raise CkptSchemaError(f"checksum={checksum!r} is not supported; use 'sha256' or None")
+        if not isinstance(separator, str) or not separator:
+            raise CkptSchemaError(f"separator={separator!r} must be a non-empty string")
+        flat = flatten(tree, separator)
+        self.framework = framework or flat.framework or "jax"
+        self.metadata = _user_metadata(metadata, self.framework)
+        self.checksum = checksum
+        self._pieces: list[bytes] | None = None
+        self._first: bytes | None = None
+        self.data: dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "framework": self.framework,
+            "separator": separator,
+            "checksum": checksum,
+            "skeleton": flat.skeleton,
+        }
+        self.nodes = flat.tensors
+        self.arrays = [_tensors.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]], n["key"]) for n in self.nodes]
+        self.layout = [
+            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
+            for n, a in zip(self.nodes, self.arrays)
+        ]
+        self.placeholders = [PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
+
+    @functools.cached_property
+    def entries(self) -> str:
+        """The tensor part of a single-file header (`_header.entries_json`); shards make their own."""
+        return _header.entries_json(self.layout)
+
+    def check(self, where: str, max_shard_bytes: int | None = None) -> None:
+        """Refuse, before anything is written, a tree whose file a reader would refuse.
+
+        The manifest is validated as a reader validates it, and every reader limit is
+        checked on the very text that will be written (with placeholder digests, which
+        have the real digests' length), through the reader's own check functions.
+
+        Raises:
+            CkptSchemaError: one line naming `where`, the problem and, for a limit, the limit.
+        """
+        self.set_digests(self.placeholders)
+        hint = ""
+        try:
+            Manifest.from_data(self.data)
+            check_tensors(len(self.nodes))
+            manifest_text = compact_json(self.data)
+            check_json_text(manifest_text, "manifest", FORMAT_KEYS)
+            hint = _HEADER_HINT
+            if max_shard_bytes is None:
+                self._first = self._render(manifest_text)
+                _check_header(self._first)
+            else:
+                self._check_sharded(manifest_text, max_shard_bytes)
+        except ValueError as e:
+            raise CkptSchemaError(f"{where}: cannot save: {short_error(e)}{hint}") from e
+
+    def _check_sharded(self, manifest_text: str, max_shard_bytes: int) -> None:
+        """`check` for a sharded save: the index and every shard's header."""
+        groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
+        name = _shards.shard_name(len(groups), len(groups), PLACEHOLDER_DIGEST[:8])
+        weight_map: dict[str, str] = {}
+        for group in groups:
+            _check_header(_header.header_bytes(_header.entries_json(self.layout[i] for i in group), self.metadata))
+            weight_map.update((self.nodes[i]["key"], name) for i in group)
+        index = io.BytesIO()
+        _shards.write_index(index, manifest_text, sum(a.nbytes for a in self.arrays), weight_map)
+        check_header_bytes(len(index.getvalue()), "index")
+        check_json_values(index.getvalue().decode("utf-8"), "index")
+
+    def manifest(self) -> Manifest:
+        """The manifest, digests included, built without validating it again: `check` has
+        validated this very data with placeholder digests, and real digests differ only in
+        their hex digits. It carries the header's user metadata, as `read_manifest` gives it."""
+        return with_metadata(Manifest.model_construct(**self.data), self.metadata)
+
+    def set_digests(self, digests: list[str | None]) -> None:
+        for node, digest in zip(self.nodes, digests):
+            if digest is not None:
+                node["digest"] = digest
+
+    def header(self, digests: list[str | None]) -> bytes:
+        """The header bytes for these digests.
+
+        A checksummed save asks twice: with placeholders, to fix the header's length before
+        any data is written (`check` has already rendered that one), then with the real
+        digests. The manifest is rendered once: the second header puts the digests where
+        the first has its placeholders (once per tensor, in file order), or is rendered
+        again if a user string held the same bytes.
+        """
+        if self._first is not None and digests == self.placeholders:
+            return self._first
+        pieces = self._pieces
+        if pieces is not None and len(pieces) == len(digests) + 1 and None not in digests:
+            marked = [_DIGEST_FIELD + d.encode() for d in digests]  # type: ignore[union-attr]
+            return b"".join(piece for pair in zip(pieces, [*marked, b""]) for piece in pair)
+        self.set_digests(digests)
+        return self._render(compact_json(self.data))
+
+    def _render(self, manifest_text: str) -> bytes:
+        header = _header.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: manifest_text})
+        if self._pieces is None and self.checksum is not None:
+            self._pieces = header.split(_DIGEST_FIELD + _PLACEHOLDER)
+        return header
+
+    def write(self, out: Any) -> Manifest:
+        """Stream the file into `out`."""
+        digests = _tensors.write_file(out, self.header, self.arrays, hashes=self.checksum is not None)
+        self.set_digests(digests)
+        return self.manifest()
+
+
+def _check_header(header: bytes) -> None:
+    """The reader's limits on a length-prefixed header about to be written.
+
+    Its integers are offsets and dimensions, never longer than `MAX_INT_DIGITS` (the
+    manifest's are checked in `check`): of the text checks only the value bound can fail.
+    """
+    check_header_bytes(len(header) - 8)
+    check_json_values(header[8:].decode("utf-8"), "header")
+
+
+#: What to do about a header or index over its limit (a sharded index holds the same manifest: no help).
+_HEADER_HINT = (
+    " (readers refuse larger ones); each tensor takes about 220 bytes plus twice its key, so use shorter keys "
+    "or separator=, checksum=None (80 bytes less per tensor), or several checkpoints"
+)
+
+#: How a tensor's digest field reads inside the header (the manifest is a JSON string there).
+_DIGEST_FIELD = b'\\"digest\\":\\"'
+_PLACEHOLDER = PLACEHOLDER_DIGEST.encode()
+
+
+def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:
+    result = {"format": "flax"} if framework.startswith("flax") else {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CkptSchemaError(f"metadata must map str to str; got {key!r}: {type(value).__name__}")
+        if key == MANIFEST_KEY:
+            raise CkptSchemaError(f"metadata key {MANIFEST_KEY!r} is reserved for the manifest")
+        result[key] = value
+    return result
