@@ -27,7 +27,7 @@ from ._load import loads as loads
 from ._load import read_manifest as read_manifest
 from ._manifest import FORMAT_VERSION as FORMAT_VERSION
 from ._manifest import Manifest as Manifest
-from ._manifest import json_schema as json_schema
+from ._manifest_file import json_schema as json_schema
 from ._review import Schema as Schema
 from ._safejax import deserialize as deserialize
 from ._safejax import serialize as serialize

@@ -1,4 +1,4 @@
-"""What the file format fixes that every layer names: where the manifest sits and how a tensor is hashed.
+"""What the file format fixes that every layer names: where the manifest sits and how tensor bytes are laid out.
 
 The bottom of the byte layer: `_header`, `_tensors`, `_shards` and `_remote` write and check these, the
 API builds manifests with them, and this module imports none of them.
@@ -6,26 +6,14 @@ API builds manifests with them, and this module imports none of them.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-__all__ = ["MANIFEST_KEY", "PLACEHOLDER_DIGEST", "as_bytes", "digest"]
+__all__ = ["MANIFEST_KEY", "PLACEHOLDER_DIGEST", "as_bytes"]
 
 #: The header metadata key (and shard index metadata key) that holds the manifest.
 MANIFEST_KEY = "ckptschema"
 #: What a header holds for each digest until the data is written and hashed.
 PLACEHOLDER_DIGEST = "0" * 64
-
-
-def digest(array: np.ndarray) -> str:
-    """The sha256 hex digest of an array's bytes as stored.
-
-    Example:
-        >>> digest(np.zeros(0, np.float32)) == hashlib.sha256(b"").hexdigest()
-        True
-    """
-    return hashlib.sha256(as_bytes(array)).hexdigest()
 
 
 def as_bytes(array: np.ndarray) -> memoryview:

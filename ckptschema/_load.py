@@ -83,7 +83,7 @@ def load(
             (reported as a warning); missing ones are still an error.
         subtree: load only this part, as a separator-joined path (``"params.Dense_0"``)
             or a tuple of keys; only its bytes are read.
-        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+        verify: check every tensor's checksum; raise `IntegrityError` on the first bad one.
             Files saved with ``checksum=None``, and plain safetensors files, have none to check.
         separator: for files without a manifest, the separator that joined their keys.
         progress: show a progress bar over the bytes read (only when stderr is a terminal).
@@ -134,7 +134,7 @@ def loads(
         template: as for `load`.
         strict: if False, tensors that the template lacks are allowed (reported as a warning).
         subtree: load only this part, as a separator-joined path or a tuple of keys.
-        verify: check every tensor's sha256 checksum; raise `IntegrityError` on the first bad one.
+        verify: check every tensor's checksum; raise `IntegrityError` on the first bad one.
         separator: for data without a manifest, the separator that joined their keys.
         progress: show a progress bar over the bytes read (only when stderr is a terminal).
         mmap: give numpy template leaves as read-only views of `data` instead of copies.
@@ -173,14 +173,15 @@ def _load(
     if template is None:
         lookup_containers(node, source.name)
         tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
-        arrays = _read_all(source, header, tensors, verify)
+        arrays = _read_all(source, header, tensors, manifest.checksum if verify else None)
         return unflatten(node, lambda n: place(arrays[id(n)], n["dtype"]))
     expected = flatten(template, manifest.separator, template=True).skeleton
     result = compare(node, expected, prefix)
     raise_or_warn(result.issues, strict, source.name)
     spread = {} if verify else _spread_leaves(expected, result.pairs)
     tensors = [n for n in result.pairs.values() if n["kind"] == "tensor" and id(n) not in spread]
-    arrays = _read_all(source, header, tensors, verify, _numpy_leaves(expected, result.pairs) if mmap else set())
+    checksum = manifest.checksum if verify else None
+    arrays = _read_all(source, header, tensors, checksum, _numpy_leaves(expected, result.pairs) if mmap else set())
 
     def fill(t: dict[str, Any]) -> Any:
         found = result.pairs[id(t)]
@@ -237,7 +238,11 @@ def _numpy_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) ->
 
 
 def _read_all(
-    source: Source, header: Header, nodes: list[dict[str, Any]], verify: bool, mapped: AbstractSet[int] = frozenset()
+    source: Source,
+    header: Header,
+    nodes: list[dict[str, Any]],
+    checksum: str | None,
+    mapped: AbstractSet[int] = frozenset(),
 ) -> dict[int, np.ndarray]:
     """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows;
     those in `mapped` are views of a memory map instead."""
@@ -251,7 +256,7 @@ def _read_all(
     if viewed:
         nodes += viewed
         arrays += _tensors.map_tensors(source, source.map(), wanted(viewed))
-    if verify:
+    if checksum is not None:
         for n, array in zip(nodes, arrays):
-            _tensors.verify(array, n.get("digest"), n["key"], source.name)
+            _tensors.verify(array, n.get("digest"), checksum, n["key"], source.name)
     return {id(n): array for n, array in zip(nodes, arrays)}

@@ -7,10 +7,11 @@ import os
 from collections.abc import Iterator
 
 from . import _header, _progress, _shards, _sources
-from ._agreement import check_agreement
+from ._agreement import agreed_manifest
 from ._format import MANIFEST_KEY
 from ._header import Header
-from ._manifest import Manifest, parse_manifest, with_metadata
+from ._manifest import Manifest, with_metadata
+from ._manifest_file import parse_manifest
 from ._sources import Source
 
 __all__ = ["PathLike", "display_name", "open_checkpoint", "tracking"]
@@ -35,9 +36,8 @@ def open_checkpoint(
             raise
     try:
         text = header.manifest_text
-        manifest = None if text is None else parse_manifest(text, src.name)
+        manifest = None if text is None else agreed_manifest(parse_manifest(text, src.name), header, src.name)
         if manifest is not None:
-            check_agreement(manifest, header, src.name)
             with_metadata(manifest, {k: v for k, v in header.metadata.items() if k != MANIFEST_KEY})
         yield src, header, manifest
     finally:

@@ -14,13 +14,14 @@ upload completes; a save that fails is discarded, and the previous object stays.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import secrets
 from typing import Any
 
 import numpy as np
 
-from . import _format
+from . import _digests, _format
 from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
 
 __all__ = ["RemoteSource", "is_url", "write"]
@@ -79,7 +80,7 @@ class RemoteSource:
         """Nothing to release: every read is its own request."""
 
 
-def write(url: str, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> list[str | None]:
+def write(url: str, header_for: Any, arrays: list[np.ndarray], checksum: str | None) -> list[str | None]:
     """Hash `arrays`, then write ``header_for(digests)`` and the arrays to `url` in one pass.
 
     Where the store's files can discard an unfinished upload (S3), the object is written in
@@ -87,9 +88,9 @@ def write(url: str, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> 
     beside it and moved over it when complete.
     """
     fs, path = _filesystem(url)
-    if hashes:
+    if checksum is not None:
         with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            digests: list[str | None] = list(pool.map(_format.digest, arrays))
+            digests: list[str | None] = list(pool.map(_digests.digest, arrays, itertools.repeat(checksum)))
     else:
         digests = [None] * len(arrays)
     header = header_for(digests)

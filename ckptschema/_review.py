@@ -6,7 +6,7 @@ path; the checkpoint-wide fields (``framework``, ``separator``, ``checksum``,
 ``structure_only``) close the object, so every entry line ends with a comma and adding a leaf
 anywhere adds exactly one line::
 
-    "/params/Dense_0/kernel": "float32[16,32] sha256:e2c0...",
+    "/params/Dense_0/kernel": "float32[16,32] blake3:e2c0...",
     "/opt_state/": "tuple",
     "/step": "int 3",
 
@@ -19,8 +19,8 @@ int ``0`` is ``/0``, str ``"0"`` is ``/'0'``, haiku's ``"mlp/~/linear_0"`` is
 when the manifest records its module, ``namedtuple optax._src.base.ScaleState(count,mu)``,
 ``node pkg.Cls``, ``wrapper flax.nnx.Param {"k":1}``, wrappers outermost first, joined by
 `` > ``); plain dicts that hold something are implied by their children's paths and get no
-line. Other names are **leaves**: ``dtype[shape]`` with an optional ``sha256:`` digest,
-``bool True``, ``int 3``, ``float 0.5`` (the exact repr), ``str "json"``, or ``none``.
+line. Other names are **leaves**: ``dtype[shape]`` with an optional ``blake3:`` or ``sha256:``
+digest, ``bool True``, ``int 3``, ``float 0.5`` (the exact repr), ``str "json"``, or ``none``.
 
 A document converts back into the manifest skeleton `validate` compares with (dict keys in
 path order: comparisons match keys, never positions), so it keeps every check the manifest
@@ -29,6 +29,7 @@ does. `Schema` is that conversion (paths are spelled by `_paths`).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -39,8 +40,9 @@ from . import _manifest
 from ._dtypes import ALL_DTYPE_NAMES
 from ._errors import FormatError
 from ._json import strict_json
-from ._limits import MAX_DEPTH, MAX_NODES
-from ._manifest import _SCALAR_CHECKS, Manifest, json_schema, parse_manifest, short_error
+from ._limits import MAX_DEPTH, MAX_NODES, MAX_RANK
+from ._manifest import Manifest, file_skeleton
+from ._manifest_file import _SCALAR_CHECKS, CHECKSUMS, json_schema, short_error, validate_data
 from ._paths import CANONICAL_INT, Path, parse_name, part_key, sort_key, spell_path
 from ._tree import KeyPart, child_keys
 
@@ -52,14 +54,17 @@ DOCUMENT_VERSION: Final = 2
 _HEADER = ("framework", "separator", "checksum", "structure_only")
 _BARE_TYPE = re.compile(r'[^\s"]+')
 _DTYPES = "|".join(sorted(ALL_DTYPE_NAMES, key=lambda n: (-len(n), n)))
-_TENSOR = re.compile(rf"({_DTYPES})\[((?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*)?\](?: sha256:([0-9a-f]{{64}}))?")
+_CHECKSUMS = "|".join(CHECKSUMS)
+_TENSOR = re.compile(
+    rf"({_DTYPES})\[((?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*)?\](?: ({_CHECKSUMS}):([0-9a-f]{{64}}))?"
+)
 _SCALAR = re.compile(r"(bool|int|float|str)(?: (.+))?", re.DOTALL)
 _NAMEDTUPLE = re.compile(r"namedtuple ([^\s(),]+)\(([^\s()]*)\)")
 #: Patterns of member names and values for the JSON Schema (the parser checks more).
 _CONTAINER_KEY, _LEAF_KEY = r"^/([\s\S]*/)?$", r"^(/[\s\S]*[^/])?$"
 _CONTAINER_ITEM = r"(list|tuple|dict|dict [\s\S]+|namedtuple [^\s(),]+\([^\s()]*\)|node [\s\S]+|wrapper [\s\S]+)"
 _LEAF_VALUE = (
-    rf"^(({_DTYPES})\[([0-9]+(,[0-9]+)*)?\]( sha256:[0-9a-f]{{64}})?|none|bool( True| False)?"
+    rf"^(({_DTYPES})\[([0-9]+(,[0-9]+)*)?\]( ({_CHECKSUMS}):[0-9a-f]{{64}})?|none|bool( True| False)?"
     r"|int( -?[0-9]+)?|float( [\s\S]+)?|str( \"[\s\S]*\")?)$"
 )
 #: What a scalar is checked with while a structure-only document (which has no values) is validated.
@@ -83,13 +88,13 @@ def _item(node: dict[str, Any]) -> str:
     return text
 
 
-def _leaf(node: dict[str, Any]) -> str:
+def _leaf(node: dict[str, Any], checksum: str | None) -> str:
     kind = node["kind"]
     if kind == "none":
         return "none"
     if kind == "tensor":
         text = f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
-        return text + (f" sha256:{node['digest']}" if "digest" in node else "")
+        return text + (f" {checksum}:{node['digest']}" if "digest" in node else "")
     if "value" not in node:
         return node["type"]
     value = node["value"]
@@ -97,7 +102,7 @@ def _leaf(node: dict[str, Any]) -> str:
     return f"{node['type']} {shown}"
 
 
-def _entries(skeleton: dict[str, Any]) -> list[tuple[Path, bool, str]]:
+def _entries(skeleton: dict[str, Any], checksum: str | None) -> list[tuple[Path, bool, str]]:
     """Every line of a skeleton's document as ``(path, is_container, text)``, in document order."""
     out = []
     stack: list[tuple[Path, dict[str, Any]]] = [((), skeleton)]
@@ -109,7 +114,7 @@ def _entries(skeleton: dict[str, Any]) -> list[tuple[Path, bool, str]]:
             node = node["child"]
         leaf = None
         if node["kind"] in ("tensor", "scalar", "none"):
-            leaf = _leaf(node)
+            leaf = _leaf(node, checksum)
         else:
             if not (node["kind"] == "dict" and node["type"] is None and node["children"]):
                 chain.append(_item(node))
@@ -170,18 +175,22 @@ def _parse_container(text: str) -> tuple[list[dict[str, Any]], dict[str, Any] | 
         return wrappers, {**node, "module": module} if module else node
 
 
-def _parse_leaf(text: str, path: Path, separator: str, values: bool) -> dict[str, Any]:
+def _parse_leaf(text: str, path: Path, separator: str, checksum: Any, values: bool) -> dict[str, Any]:
     if text == "none":
         return {"kind": "none"}
     tensor = _TENSOR.fullmatch(text)
     if tensor is not None:
-        dtype, dims, digest = tensor.groups()
+        dtype, dims, algorithm, digest = tensor.groups()
         shape = [int(d) for d in dims.split(",")] if dims else []
+        if len(shape) > MAX_RANK:
+            raise ValueError(f"rank {len(shape)} is above MAX_RANK={MAX_RANK}")
         node = {"kind": "tensor", "key": separator.join(map(str, path)), "dtype": dtype, "shape": shape}
-        if digest is not None and values:
-            node["digest"] = digest
-        elif digest is not None:
+        if digest is not None and not values:
             raise ValueError("a structure-only document holds no digests")
+        if digest is not None and algorithm != checksum:
+            raise ValueError(f"a {algorithm} digest in a document whose checksum is {checksum!r}")
+        if digest is not None:
+            node["digest"] = digest
         return node
     scalar = _SCALAR.fullmatch(text)
     if scalar is None:
@@ -221,7 +230,7 @@ def _ordered(node: dict[str, Any], keys: set[KeyPart], path: Path) -> list[KeyPa
     return sorted(keys, key=part_key)
 
 
-def _skeleton(entries: dict[str, Any], separator: str, values: bool) -> dict[str, Any]:
+def _skeleton(entries: dict[str, Any], separator: str, checksum: Any, values: bool) -> dict[str, Any]:
     """The skeleton a document's entries describe (raises ValueError, naming the entry)."""
     if len(entries) > MAX_NODES:
         raise ValueError(f"more than MAX_NODES={MAX_NODES} entries")
@@ -241,7 +250,7 @@ def _skeleton(entries: dict[str, Any], separator: str, values: bool) -> dict[str
                 if len(path) + len(wrappers[path]) > MAX_DEPTH:
                     raise ValueError(f"deeper than MAX_DEPTH={MAX_DEPTH}")
             else:
-                base = _parse_leaf(text, path, separator, values)
+                base = _parse_leaf(text, path, separator, checksum, values)
             if base is not None and bases.get(path) is not None:
                 raise ValueError("both a container and a leaf")
             if base is not None or path not in bases:
@@ -286,7 +295,7 @@ class Schema:
     Attributes:
         framework: the checkpoint's framework (``jax``, ``flax``, ...).
         separator: joins path parts into tensor keys.
-        checksum: ``sha256`` when the tensors' digests are recorded, else None.
+        checksum: the digest algorithm (``blake3``, ``sha256``) when the tensors' digests are recorded, else None.
         skeleton: the tree as manifest skeleton data (dict keys in path order).
         structure_only: True when the document records no digests and no scalar values;
             validating against it then checks structure, dtypes and shapes only.
@@ -325,7 +334,7 @@ class Schema:
     def document(self) -> str:
         """The schema document: one line per entry, sorted by path, newline-terminated."""
         lines = ["{", f'  "ckptschema_schema": {DOCUMENT_VERSION},']
-        for path, container, text in _entries(self.skeleton):
+        for path, container, text in _entries(self.skeleton, self.checksum):
             name = spell_path(path) + ("/" if container else "")
             lines.append(f"  {json.dumps(name, ensure_ascii=False)}: {json.dumps(text, ensure_ascii=False)},")
         header = [self.framework, self.separator, self.checksum, self.structure_only]
@@ -354,7 +363,7 @@ def _with_placeholders(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_schema(text: str, where: str) -> Schema:
-    """Parse a schema document, or the manifest JSON that earlier releases wrote as one.
+    """Parse a schema document.
 
     Raises:
         FormatError: naming `where` and the entry at fault, for anything that is not a valid
@@ -373,8 +382,6 @@ def parse_schema(text: str, where: str) -> Schema:
     if not isinstance(data, dict):
         raise FormatError(f"{where}: a schema document is a JSON object, not a JSON {type(data).__name__}")
     if "ckptschema_schema" not in data:
-        if "skeleton" in data:  # a document written before version 2: the manifest itself
-            return Schema.of(parse_manifest(text, where))
         raise FormatError(
             f'{where}: not a schema document (no "ckptschema_schema"); write one with: ckptschema schema FILE'
         )
@@ -393,10 +400,16 @@ def parse_schema(text: str, where: str) -> Schema:
     if type(structure_only) is not bool:
         raise FormatError(f"{where}: structure_only must be true or false, found {structure_only!r}")
     try:
-        skeleton = _skeleton(data, separator if isinstance(separator, str) else ".", not structure_only)
+        skeleton = _skeleton(data, separator if isinstance(separator, str) else ".", checksum, not structure_only)
         checked = _with_placeholders(skeleton) if structure_only else skeleton
+        digests: list[str] = []
         fields = {"framework": framework, "separator": separator, "checksum": checksum}
-        Manifest.from_data({"version": 1, **fields, "skeleton": checked})
+        lean = file_skeleton(checked, digests)
+        if checksum is not None and not structure_only:
+            fields["digests"] = base64.b64encode(bytes.fromhex("".join(digests))).decode("ascii")
+        validate_data({"version": 1, **fields, "skeleton": lean})
+        if checksum is not None and not structure_only and len(digests) != _tensor_count(lean):
+            raise ValueError(f"a document whose checksum is {checksum!r} gives every tensor a digest")
     except (ValueError, RecursionError) as e:  # a Pydantic ValidationError among them
         raise FormatError(f"{where}: invalid schema document: {short_error(e)}") from e
     if structure_only and checksum is not None:
@@ -422,7 +435,7 @@ def document_json_schema() -> dict[str, Any]:
             "ckptschema_schema": {"const": DOCUMENT_VERSION},
             "framework": {k: v for k, v in manifest["framework"].items() if k != "default"},
             "separator": {k: v for k, v in manifest["separator"].items() if k != "default"},
-            "checksum": {"enum": ["sha256", None]},
+            "checksum": {"enum": [*CHECKSUMS, None]},
             "structure_only": {"type": "boolean"},
         },
         "required": ["ckptschema_schema", *_HEADER],
@@ -439,3 +452,10 @@ def _schema_document(manifest: Manifest, structure_only: bool) -> str:
 
 
 _manifest.render_schema_document = _schema_document
+
+
+def _tensor_count(lean: Any) -> int:
+    """How many tensor leaves (dtype names) a lean skeleton has."""
+    if isinstance(lean, str):
+        return 1
+    return sum(map(_tensor_count, lean.get("children", ()))) + (_tensor_count(lean["child"]) if "child" in lean else 0)

@@ -8,11 +8,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import _atomic, _format, _header, _progress, _remote, _shards, _tensors
+from . import _atomic, _digests, _header, _progress, _remote, _shards, _tensors
 from ._errors import CkptSchemaError
-from ._format import PLACEHOLDER_DIGEST
 from ._gcpause import gc_paused
-from ._json import compact_json
 from ._manifest import Manifest
 from ._opening import PathLike, display_name
 from ._save_plan import SavePlan
@@ -27,7 +25,7 @@ def save(
     metadata: Mapping[str, str] | None = None,
     separator: str = ".",
     framework: str | None = None,
-    checksum: str | None = "sha256",
+    checksum: str | None = "blake3",
     max_shard_size: int | str | None = None,
     progress: bool = False,
 ) -> Manifest:
@@ -43,7 +41,8 @@ def save(
         metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
         framework: recorded in the manifest; detected from the tree's types if omitted.
-        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        checksum: the digest algorithm recorded for each tensor: ``"blake3"`` (default,
+            the fastest) or ``"sha256"`` (in every standard library); None records none.
         max_shard_size: write a sharded checkpoint instead: safetensors shards of at most
             this many bytes (an int, or a string such as ``"2GB"`` or ``"512MiB"``; a larger
             tensor gets a shard of its own) and ``model.safetensors.index.json`` in the
@@ -96,7 +95,7 @@ def dumps(
     metadata: Mapping[str, str] | None = None,
     separator: str = ".",
     framework: str | None = None,
-    checksum: str | None = "sha256",
+    checksum: str | None = "blake3",
     max_shard_size: int | str | None = None,
     progress: bool = False,
 ) -> bytes:
@@ -107,7 +106,8 @@ def dumps(
         metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
         framework: recorded in the manifest; detected from the tree's types if omitted.
-        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        checksum: the digest algorithm recorded for each tensor: ``"blake3"`` (default,
+            the fastest) or ``"sha256"`` (in every standard library); None records none.
         max_shard_size: must be None: the bytes are one file (save a sharded checkpoint with `save`).
         progress: show a progress bar over the bytes made (only when stderr is a terminal).
 
@@ -140,7 +140,7 @@ def manifest_of(
     metadata: Mapping[str, str] | None = None,
     separator: str = ".",
     framework: str | None = None,
-    checksum: str | None = "sha256",
+    checksum: str | None = "blake3",
     max_shard_size: int | str | None = None,
 ) -> Manifest:
     """The `Manifest` that `save` would record for a tree, checksums included; nothing is written.
@@ -150,7 +150,8 @@ def manifest_of(
         metadata: the header metadata the save would write (checked, and kept as `Manifest.metadata`).
         separator: joins path parts into tensor keys.
         framework: recorded in the manifest; detected from the tree's types if omitted.
-        checksum: ``"sha256"`` (default) records each tensor's digest; None skips it.
+        checksum: the digest algorithm recorded for each tensor: ``"blake3"`` (default,
+            the fastest) or ``"sha256"`` (in every standard library); None records none.
         max_shard_size: checked as `save` checks it; a sharded save records the same manifest.
 
     Returns:
@@ -159,20 +160,20 @@ def manifest_of(
     Example:
         >>> import numpy as np, ckptschema
         >>> ckptschema.manifest_of({"w": np.zeros(2, np.float32)}).tensors["w"].digest[:12]
-        'af5570f5a181'
+        '71e0a9917356'
     """
     plan = SavePlan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     if max_shard_size is not None:
         _shards.parse_size(max_shard_size)
     plan.check("<manifest_of>")
-    plan.set_digests([_format.digest(a) if plan.checksum else None for a in plan.arrays])
+    plan.set_digests([_digests.digest(a, plan.checksum) if plan.checksum else None for a in plan.arrays])
     return plan.manifest()
 
 
 def _save_remote(url: str, plan: SavePlan) -> Manifest:
     """Save to an fsspec URL: hash first, then one sequential write (stores cannot seek back)."""
     try:
-        digests = _remote.write(url, plan.header, plan.arrays, hashes=plan.checksum is not None)
+        digests = _remote.write(url, plan.header, plan.arrays, plan.checksum)
     except CkptSchemaError:
         raise
     except Exception as e:  # network and permission errors of every store
@@ -191,12 +192,11 @@ def _save_sharded(directory: PathLike, plan: SavePlan, max_bytes: int, progress:
     where = os.fspath(directory)
     if os.path.exists(where) and not os.path.isdir(where):
         raise CkptSchemaError(f"{where}: max_shard_size= saves a directory, but this path is a file")
-    plan.set_digests([PLACEHOLDER_DIGEST if plan.checksum else None for _ in plan.nodes])
-    plan.manifest()  # refuses a tree no manifest can describe before anything is written
     index = os.path.join(where, _shards.INDEX_NAME)
     groups = _shards.plan_shards([a.nbytes for a in plan.arrays], max_bytes)
     total = sum(a.nbytes for a in plan.arrays)
     written: list[str] = []
+    recorded = list(plan.placeholders)  # each tensor's digest, once its shard is written
     with contextlib.ExitStack() as held:
         try:
             os.makedirs(where, exist_ok=True)
@@ -213,14 +213,13 @@ def _save_sharded(directory: PathLike, plan: SavePlan, max_bytes: int, progress:
                             held.callback(os.close, os.dup(out.fileno()))  # the lock, until the index is in place
                         arrays = [plan.arrays[i] for i in group]
                         digests = _tensors.write_stream(
-                            _progress.tracked_file(out, advance), header, arrays, bool(plan.checksum)
+                            _progress.tracked_file(out, advance), header, arrays, plan.checksum
                         )
                     for i, digest in zip(group, digests):
-                        if digest is not None:
-                            plan.nodes[i]["digest"] = digest
+                        recorded[i] = digest
             weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
             with _atomic.atomic_file(index) as out:
-                _shards.write_index(out, compact_json(plan.data), total, weight_map)
+                _shards.write_index(out, plan.manifest_text(recorded), total, weight_map)
         except BaseException as e:
             for path in reversed(written):
                 with contextlib.suppress(FileNotFoundError):

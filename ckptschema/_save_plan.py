@@ -6,6 +6,7 @@ reader's own validation and limits on the very text that will be written.
 
 from __future__ import annotations
 
+import base64
 import functools
 import io
 from collections.abc import Mapping
@@ -17,14 +18,15 @@ from ._errors import CkptSchemaError
 from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
 from ._json import check_json_text, compact_json
 from ._limits import check_header_bytes, check_json_values, check_tensors
-from ._manifest import FORMAT_KEYS, FORMAT_VERSION, Manifest, short_error, with_metadata
+from ._manifest import Manifest, with_metadata
+from ._manifest_file import CHECKSUMS, FORMAT_KEYS, FORMAT_VERSION, short_error, validate_data
 from ._tree import flatten
 
 __all__ = ["SavePlan"]
 
 
 class SavePlan:
-    """Everything a save writes, worked out once: the manifest data, the arrays, the header."""
+    """Everything a save writes, worked out once: the manifest, the arrays, the header."""
 
     def __init__(
         self,
@@ -35,30 +37,29 @@ class SavePlan:
         framework: str | None,
         checksum: str | None,
     ) -> None:
-        if checksum not in ("sha256", None):
-            raise CkptSchemaError(f"checksum={checksum!r} is not supported; use 'sha256' or None")
+        if checksum not in (*CHECKSUMS, None):
+            raise CkptSchemaError(f"checksum={checksum!r} is not supported; use 'blake3', 'sha256' or None")
         if not isinstance(separator, str) or not separator:
             raise CkptSchemaError(f"separator={separator!r} must be a non-empty string")
         flat = flatten(tree, separator)
         self.framework = framework or flat.framework or "jax"
         self.metadata = _user_metadata(metadata, self.framework)
         self.checksum = checksum
-        self._pieces: list[bytes] | None = None
-        self._first: bytes | None = None
-        self.data: dict[str, Any] = {
-            "version": FORMAT_VERSION,
-            "framework": self.framework,
-            "separator": separator,
-            "checksum": checksum,
-            "skeleton": flat.skeleton,
-        }
         self.nodes = flat.tensors
+        self._manifest = Manifest.model_construct(
+            version=FORMAT_VERSION,
+            framework=self.framework,
+            separator=separator,
+            checksum=checksum,
+            skeleton=flat.skeleton,
+        )
         self.arrays = [_tensors.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]], n["key"]) for n in self.nodes]
         self.layout = [
             (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
             for n, a in zip(self.nodes, self.arrays)
         ]
         self.placeholders = [PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
+        self._text: str | None = None
 
     @functools.cached_property
     def entries(self) -> str:
@@ -78,20 +79,20 @@ class SavePlan:
         self.set_digests(self.placeholders)
         hint = ""
         try:
-            Manifest.from_data(self.data)
+            data = self._manifest.data
+            validate_data(data)
             check_tensors(len(self.nodes))
-            manifest_text = compact_json(self.data)
-            check_json_text(manifest_text, "manifest", FORMAT_KEYS)
+            self._text = compact_json(data)
+            check_json_text(self._text, "manifest", FORMAT_KEYS)
             hint = _HEADER_HINT
             if max_shard_bytes is None:
-                self._first = self._render(manifest_text)
-                _check_header(self._first)
+                _check_header(self.header(self.placeholders))
             else:
-                self._check_sharded(manifest_text, max_shard_bytes)
+                self._check_sharded(max_shard_bytes)
         except ValueError as e:
             raise CkptSchemaError(f"{where}: cannot save: {short_error(e)}{hint}") from e
 
-    def _check_sharded(self, manifest_text: str, max_shard_bytes: int) -> None:
+    def _check_sharded(self, max_shard_bytes: int) -> None:
         """`check` for a sharded save: the index and every shard's header."""
         groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
         name = _shards.shard_name(len(groups), len(groups), PLACEHOLDER_DIGEST[:8])
@@ -100,48 +101,42 @@ class SavePlan:
             _check_header(_header.header_bytes(_header.entries_json(self.layout[i] for i in group), self.metadata))
             weight_map.update((self.nodes[i]["key"], name) for i in group)
         index = io.BytesIO()
-        _shards.write_index(index, manifest_text, sum(a.nbytes for a in self.arrays), weight_map)
+        total = sum(a.nbytes for a in self.arrays)
+        _shards.write_index(index, self.manifest_text(self.placeholders), total, weight_map)
         check_header_bytes(len(index.getvalue()), "index")
         check_json_values(index.getvalue().decode("utf-8"), "index")
 
     def manifest(self) -> Manifest:
         """The manifest, digests included, built without validating it again: `check` has
         validated this very data with placeholder digests, and real digests differ only in
-        their hex digits. It carries the header's user metadata, as `read_manifest` gives it."""
-        return with_metadata(Manifest.model_construct(**self.data), self.metadata)
+        their bytes. It carries the header's user metadata, as `read_manifest` gives it."""
+        return with_metadata(self._manifest, self.metadata)
 
     def set_digests(self, digests: list[str | None]) -> None:
         for node, digest in zip(self.nodes, digests):
             if digest is not None:
                 node["digest"] = digest
 
-    def header(self, digests: list[str | None]) -> bytes:
-        """The header bytes for these digests.
+    def manifest_text(self, digests: list[str | None]) -> str:
+        """The manifest JSON text for these digests (after `check`).
 
-        A checksummed save asks twice: with placeholders, to fix the header's length before
-        any data is written (`check` has already rendered that one), then with the real
-        digests. The manifest is rendered once: the second header puts the digests where
-        the first has its placeholders (once per tensor, in file order), or is rendered
-        again if a user string held the same bytes.
+        Only the last field, ``digests``, depends on them: the text `check` rendered with
+        placeholders gets the real digests spliced in, base64 of the same length.
         """
-        if self._first is not None and digests == self.placeholders:
-            return self._first
-        pieces = self._pieces
-        if pieces is not None and len(pieces) == len(digests) + 1 and None not in digests:
-            marked = [_DIGEST_FIELD + d.encode() for d in digests]  # type: ignore[union-attr]
-            return b"".join(piece for pair in zip(pieces, [*marked, b""]) for piece in pair)
+        assert self._text is not None, "check() renders the text first"
         self.set_digests(digests)
-        return self._render(compact_json(self.data))
+        if self.checksum is None:
+            return self._text
+        encoded = base64.b64encode(bytes.fromhex("".join(digests))).decode("ascii")  # type: ignore[arg-type]
+        return f'{self._text[: -len(encoded) - 2]}{encoded}"}}'
 
-    def _render(self, manifest_text: str) -> bytes:
-        header = _header.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: manifest_text})
-        if self._pieces is None and self.checksum is not None:
-            self._pieces = header.split(_DIGEST_FIELD + _PLACEHOLDER)
-        return header
+    def header(self, digests: list[str | None]) -> bytes:
+        """The single-file header bytes for these digests: placeholders give the same length."""
+        return _header.header_bytes(self.entries, {**self.metadata, MANIFEST_KEY: self.manifest_text(digests)})
 
     def write(self, out: Any) -> Manifest:
         """Stream the file into `out`."""
-        digests = _tensors.write_file(out, self.header, self.arrays, hashes=self.checksum is not None)
+        digests = _tensors.write_file(out, self.header, self.arrays, self.checksum)
         self.set_digests(digests)
         return self.manifest()
 
@@ -158,13 +153,9 @@ def _check_header(header: bytes) -> None:
 
 #: What to do about a header or index over its limit (a sharded index holds the same manifest: no help).
 _HEADER_HINT = (
-    " (readers refuse larger ones); each tensor takes about 220 bytes plus twice its key, so use shorter keys "
-    "or separator=, checksum=None (80 bytes less per tensor), or several checkpoints"
+    " (readers refuse larger ones); each tensor takes about 130 bytes plus its key and its path's last part, "
+    "so use shorter keys or separator=, checksum=None (43 bytes less per tensor), or several checkpoints"
 )
-
-#: How a tensor's digest field reads inside the header (the manifest is a JSON string there).
-_DIGEST_FIELD = b'\\"digest\\":\\"'
-_PLACEHOLDER = PLACEHOLDER_DIGEST.encode()
 
 
 def _user_metadata(metadata: Mapping[str, str] | None, framework: str) -> dict[str, str]:

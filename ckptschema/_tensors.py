@@ -9,7 +9,6 @@ not at all.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import itertools
 import math
 import os
@@ -18,9 +17,10 @@ from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
+from ._digests import digest
 from ._dtypes import DType
 from ._errors import CkptSchemaError, FormatError, IntegrityError
-from ._format import PLACEHOLDER_DIGEST, as_bytes, digest
+from ._format import PLACEHOLDER_DIGEST, as_bytes
 from ._header import Entry
 from ._sources import Source
 
@@ -28,7 +28,7 @@ __all__ = ["aligned_empty", "read_slice", "read_tensor", "read_tensors", "to_num
 
 _ALIGN = 64
 _HASH_IN_THREAD = 64 << 10  # tensors this large are hashed on other cores while writing
-_HASH_WORKERS = 2  # sha256 (~1.5 GB/s a core with SHA-NI) is slower than writing: two keep up
+_HASH_WORKERS = 2  # hashing a core is slower than writing (sha256 most): two keep up
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
@@ -228,8 +228,8 @@ def to_numpy(value: Any, dtype: DType, key: str) -> np.ndarray:
     return array
 
 
-def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], hashes: bool) -> list[str | None]:
-    """Write a header then each array's bytes; return their sha256 digests if asked.
+def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], checksum: str | None) -> list[str | None]:
+    """Write a header then each array's bytes; return their digests by the `checksum` algorithm (or Nones).
 
     Arrays are hashed on worker threads while the main thread writes (all release
     the GIL), so a checksummed save costs about one pass over the data.
@@ -239,28 +239,28 @@ def write_stream(out: BinaryIO, header: bytes, arrays: list[np.ndarray], hashes:
     with concurrent.futures.ThreadPoolExecutor(max_workers=_HASH_WORKERS) as pool:
         for array in arrays:
             data = as_bytes(array)
-            if not hashes:
+            if checksum is None:
                 digests.append(None)
             elif len(data) >= _HASH_IN_THREAD:
-                digests.append(pool.submit(lambda d: hashlib.sha256(d).hexdigest(), data))
+                digests.append(pool.submit(digest, data, checksum))
             else:
-                digests.append(hashlib.sha256(data).hexdigest())
+                digests.append(digest(data, checksum))
             out.write(data)
         return [d.result() if isinstance(d, concurrent.futures.Future) else d for d in digests]
 
 
-def write_file(out: BinaryIO, header_for: Any, arrays: list[np.ndarray], hashes: bool) -> list[str | None]:
+def write_file(out: BinaryIO, header_for: Any, arrays: list[np.ndarray], checksum: str | None) -> list[str | None]:
     """Stream a checkpoint into a seekable file whose header depends on the digests.
 
     `header_for(digests)` builds the header bytes; it is called first with placeholder
     digests (all the same length as real ones, so the header length is final), and again
     with the real digests once the data is written, which are then written in place.
     """
-    placeholder = [(PLACEHOLDER_DIGEST if hashes else None) for _ in arrays]
+    placeholder = [(PLACEHOLDER_DIGEST if checksum else None) for _ in arrays]
     start = out.tell()
     first = header_for(placeholder)
-    digests = write_stream(out, first, arrays, hashes)
-    if hashes:
+    digests = write_stream(out, first, arrays, checksum)
+    if checksum:
         final = header_for(digests)
         if len(final) != len(first):  # pragma: no cover - digests are fixed-length hex
             raise AssertionError("header length changed with digests")
@@ -271,7 +271,7 @@ def write_file(out: BinaryIO, header_for: Any, arrays: list[np.ndarray], hashes:
     return digests
 
 
-def verify(array: np.ndarray, expected: str | None, key: str, where: str) -> None:
-    """Raise `IntegrityError` if an array's bytes do not have the expected digest."""
-    if expected is not None and digest(array) != expected:
-        raise IntegrityError(f"{where}: tensor {key!r} fails its sha256 checksum; the file is corrupt")
+def verify(array: np.ndarray, expected: str | None, checksum: str, key: str, where: str) -> None:
+    """Raise `IntegrityError` if an array's bytes do not have the expected digest by the `checksum` algorithm."""
+    if expected is not None and digest(array, checksum) != expected:
+        raise IntegrityError(f"{where}: tensor {key!r} fails its {checksum} checksum; the file is corrupt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import IO, Any
 
-from . import _format, _tensors
+from . import _digests, _tensors
 from ._compare import Report, compare
 from ._dtypes import DTYPES
 from ._errors import FormatError, Issue
@@ -67,7 +67,7 @@ def validate(
 
 
 def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
-    root = manifest.data["skeleton"]
+    root = manifest.skeleton
     if against is None:
         return []
     if isinstance(against, (str, os.PathLike)):
@@ -81,11 +81,14 @@ def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
 
 
 def checksum_issues(source: Source, header: Header, manifest: Manifest) -> list[Issue]:
-    issues = []
-    for path, node in iter_nodes(manifest.data["skeleton"]):
+    """A ``checksum`` issue for each tensor whose bytes do not hash to its recorded digest."""
+    issues: list[Issue] = []
+    if manifest.checksum is None:
+        return issues
+    for path, node in iter_nodes(manifest.skeleton):
         if node["kind"] == "tensor" and node.get("digest"):
             array = _tensors.read_tensor(source, header.entries[node["key"]], DTYPES[node["dtype"]], node["shape"])
-            actual = _format.digest(array)
+            actual = _digests.digest(array, manifest.checksum)
             if actual != node["digest"]:
                 issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
     return issues

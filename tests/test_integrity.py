@@ -1,4 +1,4 @@
-"""Checksums: sha256 per tensor at save, checked by load(verify=True) and validate(deep=True)."""
+"""Checksums: a BLAKE3 (default) or sha256 digest per tensor, checked by load(verify=True) and validate(deep=True)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 
@@ -30,15 +31,24 @@ def _flip(path: Path, key: str) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_checksum_algorithm_is_recorded_in_the_manifest(tmp_path: Path) -> None:
+def test_blake3_is_the_default_checksum_and_is_recorded_in_the_manifest(tmp_path: Path) -> None:
     manifest = ckptschema.save(tmp_path / "m.safetensors", {"w": np.ones(3, np.float32)})
-    assert manifest.checksum == "sha256"
-    assert ckptschema.read_manifest(tmp_path / "m.safetensors").checksum == "sha256"
+    assert manifest.checksum == "blake3"
+    assert ckptschema.read_manifest(tmp_path / "m.safetensors").checksum == "blake3"
+
+
+def test_blake3_digests_are_blake3_of_the_tensor_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    manifest = ckptschema.save(path, {"a": np.arange(10, dtype=np.int16), "b": np.zeros((0, 3), np.float32)})
+    assert manifest.tensors["a"].digest == blake3.blake3(_tensor_bytes(path, "a")).hexdigest()
+    assert manifest.tensors["b"].digest == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 
 
 def test_digests_match_sha256sum_of_the_tensor_bytes(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    manifest = ckptschema.save(path, {"a": np.arange(10, dtype=np.int16), "b": np.zeros((0, 3), np.float32)})
+    tree = {"a": np.arange(10, dtype=np.int16), "b": np.zeros((0, 3), np.float32)}
+    manifest = ckptschema.save(path, tree, checksum="sha256")
+    assert ckptschema.read_manifest(path).checksum == "sha256"
     for key in ("a", "b"):
         raw = _tensor_bytes(path, key)
         (tmp_path / key).write_bytes(raw)
@@ -46,10 +56,20 @@ def test_digests_match_sha256sum_of_the_tensor_bytes(tmp_path: Path) -> None:
         assert manifest.tensors[key].digest == sha256sum.stdout.split()[0] == hashlib.sha256(raw).hexdigest()
 
 
-def test_large_tensor_hashed_on_a_second_thread_has_the_right_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checksum", ["blake3", "sha256"])
+def test_large_tensor_hashed_on_a_second_thread_has_the_right_digest(tmp_path: Path, checksum: str) -> None:
     big = np.arange(3 << 20, dtype=np.float32)  # 12 MB: above the size hashed in a worker thread
-    manifest = ckptschema.save(tmp_path / "m.safetensors", {"big": big})
-    assert manifest.tensors["big"].digest == hashlib.sha256(big.tobytes()).hexdigest()
+    manifest = ckptschema.save(tmp_path / "m.safetensors", {"big": big}, checksum=checksum)
+    expected = blake3.blake3(big.tobytes()) if checksum == "blake3" else hashlib.sha256(big.tobytes())
+    assert manifest.tensors["big"].digest == expected.hexdigest()
+
+
+def test_a_sha256_file_is_verified_with_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    ckptschema.save(path, {"w": np.ones(4, np.float32)}, checksum="sha256")
+    _flip(path, "w")
+    with pytest.raises(IntegrityError, match="tensor 'w' fails its sha256 checksum"):
+        ckptschema.load(path, verify=True)
 
 
 def test_verify_raises_integrity_error_naming_the_tensor(tmp_path: Path) -> None:
@@ -58,7 +78,7 @@ def test_verify_raises_integrity_error_naming_the_tensor(tmp_path: Path) -> None
     _flip(path, "layers.1.w")
     with pytest.raises(IntegrityError) as info:
         ckptschema.load(path, verify=True)
-    assert str(info.value) == f"{path}: tensor 'layers.1.w' fails its sha256 checksum; the file is corrupt"
+    assert str(info.value) == f"{path}: tensor 'layers.1.w' fails its blake3 checksum; the file is corrupt"
 
 
 def test_verify_with_a_template_raises_integrity_error(tmp_path: Path) -> None:
@@ -66,7 +86,7 @@ def test_verify_with_a_template_raises_integrity_error(tmp_path: Path) -> None:
     tree = {"w": np.ones(4, np.float32)}
     ckptschema.save(path, tree)
     _flip(path, "w")
-    with pytest.raises(IntegrityError, match="tensor 'w' fails its sha256 checksum"):
+    with pytest.raises(IntegrityError, match="tensor 'w' fails its blake3 checksum"):
         ckptschema.load(path, template=tree, verify=True)
 
 

@@ -18,8 +18,8 @@ DEPTH_ERROR = (
 )
 INT_ERROR = f"an integer of more than MAX_INT_DIGITS={MAX_INT_DIGITS} digits"
 HEADER_HINT = (
-    " (readers refuse larger ones); each tensor takes about 220 bytes plus twice its key, so use shorter keys "
-    "or separator=, checksum=None (80 bytes less per tensor), or several checkpoints"
+    " (readers refuse larger ones); each tensor takes about 130 bytes plus its key and its path's last part, "
+    "so use shorter keys or separator=, checksum=None (43 bytes less per tensor), or several checkpoints"
 )
 
 
@@ -194,11 +194,11 @@ def test_an_invalid_framework_is_refused_before_a_remote_file_is_created():
 
 def test_a_header_over_max_header_bytes_is_refused_and_the_old_file_still_loads(tmp_path):
     path, before = _saved(tmp_path)
-    key = "k" * 34_000_000  # in the header entry, the manifest node and its dict: over 100,000,000 bytes
+    key = "k" * 51_000_000  # in the header entry and in its dict node of the manifest: over 100,000,000 bytes
     with pytest.raises(ckptschema.CkptSchemaError) as e:
         ckptschema.save(path, {key: np.zeros(0, np.float32)})
     assert str(e.value) == (
-        f"{path}: cannot save: header of 102000400 bytes exceeds MAX_HEADER_BYTES=100000000{HEADER_HINT}"
+        f"{path}: cannot save: header of 102000320 bytes exceeds MAX_HEADER_BYTES=100000000{HEADER_HINT}"
     )
     assert os.listdir(tmp_path) == ["model.safetensors"]
     assert Path(path).read_bytes() == before

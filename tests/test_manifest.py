@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 import ckptschema
 from ckptschema._json import compact_json, strict_json
-from ckptschema._manifest import Manifest, parse_manifest
+from ckptschema._manifest_file import ManifestFile, parse_manifest
 from ckptschema._tree import scalar_value
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / f"manifest-v{ckptschema.FORMAT_VERSION}.schema.json"
@@ -24,8 +25,8 @@ def _manifest(skeleton: dict, **fields) -> dict:
     return {"version": 1, "framework": "jax", "separator": ".", "checksum": None, "skeleton": skeleton, **fields}
 
 
-def _tensor(key: str = "w", **fields) -> dict:
-    return {"kind": "tensor", "key": key, "dtype": "float32", "shape": [2], **fields}
+def _tensor(dtype: str = "float32") -> str:
+    return dtype
 
 
 def test_committed_json_schema_is_current():
@@ -54,10 +55,14 @@ def test_newer_version_names_both_versions():
 @pytest.mark.parametrize(
     ("skeleton", "fields"),
     [
-        (_tensor(shape=[True]), {}),
-        (_tensor(shape=["3"]), {}),
         (_tensor(dtype="float128"), {}),
-        (_tensor(extra=1), {}),
+        ({"kind": "tensor", "key": "w", "dtype": "float32", "shape": [2]}, {}),
+        ({"kind": "list", "children": ["F32"]}, {}),
+        (_tensor(), {"checksum": "sha256"}),
+        (_tensor(), {"digests": "AAAA"}),
+        (_tensor(), {"checksum": "md5", "digests": "AAAA"}),
+        (_tensor(), {"checksum": "sha256", "digests": "AAAAA"}),
+        (_tensor(), {"checksum": "sha256", "digests": "AA A"}),
         ({"kind": "dict", "keys": ["a", "a"], "children": [{"kind": "none"}, {"kind": "none"}]}, {}),
         ({"kind": "dict", "keys": ["a"], "children": []}, {}),
         ({"kind": "dict", "keys": ["a", 1], "children": [{"kind": "none"}, {"kind": "none"}]}, {}),
@@ -75,10 +80,14 @@ def test_newer_version_names_both_versions():
         ({"kind": "none"}, {"unknown": 1}),
     ],
     ids=[
-        "bool-dimension",
-        "string-dimension",
         "unknown-dtype",
-        "unknown-field",
+        "tensor-as-an-object",
+        "header-code-as-dtype",
+        "checksum-without-digests",
+        "digests-without-checksum",
+        "unknown-checksum",
+        "digests-not-base64-groups",
+        "digests-with-a-space",
         "duplicate-keys",
         "keys-without-children",
         "mixed-key-types",
@@ -187,4 +196,13 @@ def test_schema_document_is_sorted_and_stable():
 
 def test_model_is_strict_about_types():
     with pytest.raises(ValueError):
-        Manifest.model_validate(_manifest(_tensor(shape=[2.0])))
+        ManifestFile.model_validate(_manifest({"kind": "dict", "type": None, "keys": [1.0], "children": [_tensor()]}))
+
+
+def test_a_tensor_is_stored_as_its_dtype_name_and_its_digest_in_one_base64_string():
+    manifest = ckptschema.manifest_of({"w": np.zeros(2, np.float32), "b": np.ones(3, np.int8)}, checksum="sha256")
+    data = manifest.data
+    assert data["skeleton"] == {"kind": "dict", "type": None, "keys": ["w", "b"], "children": ["float32", "int8"]}
+    digests = base64.b64decode(data["digests"])
+    assert [digests[:32].hex(), digests[32:].hex()] == [manifest.tensors["w"].digest, manifest.tensors["b"].digest]
+    assert list(data) == ["version", "framework", "separator", "checksum", "skeleton", "digests"]

