@@ -1,9 +1,9 @@
 """Each tool's save and load, written the way its documentation shows.
 
-A `Tool` saves a pytree of `jax.Array`s to a path and loads it back given the abstract
-template (``jax.ShapeDtypeStruct`` leaves), for the tools that take one, or the tree
-itself where `concrete_template` says so. Imports happen
-in `prepare`, so a fresh process can import before it measures memory.
+A `Tool` saves a pytree of `jax.Array`s to a path and loads it back given the template
+its `template` names: the abstract one (``jax.ShapeDtypeStruct`` leaves) for the tools that
+take one, the source tree itself ("params") or zero-filled numpy arrays ("numpy"). Imports
+happen in `prepare`, so a fresh process can import before it measures memory.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class Tool:
     note = ""
     suffix = ".bin"
     saves = True
-    floor_of: str | None = None  # floors read another tool's file (raw safetensors)
-    concrete_template = False  # loads get the source tree itself as template, not its abstract form
+    loads = True
+    floor_of: str | None = None  # floors and variants read another tool's file
+    template = "abstract"  # what loads get: "abstract" (ShapeDtypeStructs), "params" (the source tree), "numpy"
 
     def prepare(self) -> None:
         """Import what the tool needs (untimed)."""
@@ -46,16 +47,19 @@ class CkptSchema(Tool):
     note = "template=ShapeDtypeStructs, strict, jax out; save with sha256 + fsync"
     suffix = ".safetensors"
 
-    def __init__(self, verify: bool = False, concrete: bool = False) -> None:
+    def __init__(self, verify: bool = False, template: str = "abstract") -> None:
         self.verify = verify
+        self.template = template
         if verify:
             self.name = "ckptschema verify=True"
             self.note = "as above plus sha256 of every tensor on load"
-        if concrete:
+        if template == "params":
             self.name = "ckptschema template=params"
             self.note = "template = the jax.Array tree itself (load(path, template=params))"
-            self.concrete_template = True
-        if verify or concrete:
+        if template == "numpy":
+            self.name = "ckptschema template=numpy"
+            self.note = "template = zero-filled np.ndarrays of the right shapes/dtypes, numpy out"
+        if verify or template != "abstract":
             self.saves = False
             self.floor_of = "ckptschema"
 
@@ -86,6 +90,23 @@ class SafetensorsNumpy(Tool):
 
     def load(self, path: str, template: Any) -> Any:
         return dot_unflatten(self.st.load_file(path))
+
+
+class SafetensorsNumpyFsync(SafetensorsNumpy):
+    """safetensors.numpy's save made as durable as ckptschema's: fsync of the file and its folder."""
+
+    name = "safetensors.numpy+fsync"
+    note = "save_file, then os.fsync of the file and of its directory (save only)"
+    loads = False  # its file and load are safetensors.numpy's
+
+    def save(self, tree: Any, path: str) -> None:
+        super().save(tree, path)
+        for target in (path, os.path.dirname(os.path.abspath(path))):
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class SafetensorsFlax(Tool):
@@ -242,8 +263,10 @@ def all_tools() -> list[Tool]:
     return [
         CkptSchema(),
         CkptSchema(verify=True),
-        CkptSchema(concrete=True),
+        CkptSchema(template="params"),
+        CkptSchema(template="numpy"),
         SafetensorsNumpy(),
+        SafetensorsNumpyFsync(),
         SafetensorsFlax(),
         FlaxMsgpack(),
         Orbax(),
@@ -252,6 +275,13 @@ def all_tools() -> list[Tool]:
         FloorReadinto(),
         FloorAlignedDevicePut(),
     ]
+
+
+def size_on_disk(path: str) -> int:
+    """Bytes of a saved checkpoint: the file, or every file under a checkpoint folder (orbax)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def by_name(name: str) -> Tool:

@@ -21,20 +21,31 @@ Spec = list[tuple[Path, tuple[int, ...], Any]]
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
-    """Transformer dimensions for "big"/"bf16" and the fan-out of "many"."""
+    """Transformer dimensions for "big"/"bf16", the leaves of "many" and of the read_manifest scaling files."""
 
     d_model: int
     d_mlp: int
     layers: int
     vocab: int
     positions: int
-    many_fanout: tuple[int, int, int, int]
+    many_leaves: int
+    scaling_leaves: tuple[int, int, int]  # read_manifest scaling; the last two are compared for linearity
 
 
 # 18 layers of d_model=768: 292 leaves, 536.9 MB in float32. The position embedding
 # (320 x 768 float32) is the ~1 MB leaf used for the subtree= measurement.
-FULL = Sizes(d_model=768, d_mlp=3072, layers=18, vocab=8192, positions=320, many_fanout=(20, 10, 10, 10))
-QUICK = Sizes(d_model=32, d_mlp=128, layers=2, vocab=64, positions=16, many_fanout=(2, 2, 5, 10))
+FULL = Sizes(
+    d_model=768,
+    d_mlp=3072,
+    layers=18,
+    vocab=8192,
+    positions=320,
+    many_leaves=20_000,
+    scaling_leaves=(1_000, 10_000, 100_000),
+)
+QUICK = Sizes(
+    d_model=32, d_mlp=128, layers=2, vocab=64, positions=16, many_leaves=200, scaling_leaves=(100, 1_000, 2_000)
+)
 
 SUBTREE = "params.pos_embed"  # the ~1 MB subtree (one leaf) loaded by path
 
@@ -65,18 +76,19 @@ def transformer_spec(sizes: Sizes, dtype: Any) -> Spec:
 _MANY_SHAPES = [(4,), (8,), (2, 3), (16,), (3, 3), (1,)]
 
 
-def many_spec(sizes: Sizes) -> Spec:
-    a, b, c, e = sizes.many_fanout
-    spec: Spec = []
-    n = 0
-    for i in range(a):
-        for j in range(b):
-            for k in range(c):
-                for m in range(e):
-                    shape = _MANY_SHAPES[n % len(_MANY_SHAPES)]
-                    spec.append(((f"block_{i}", f"group_{j}", f"unit_{k}", f"w_{m}"), shape, np.float32))
-                    n += 1
-    return spec
+def many_spec(leaves: int) -> Spec:
+    """`leaves` small float32 leaves nested 4 deep, fan-out 10 in the three inner levels.
+
+    Leaf ``i`` sits at ``block_{i // 1000}/group_{i // 100 % 10}/unit_{i // 10 % 10}/w_{i % 10}``.
+    """
+    return [
+        (
+            (f"block_{i // 1000}", f"group_{i // 100 % 10}", f"unit_{i // 10 % 10}", f"w_{i % 10}"),
+            _MANY_SHAPES[i % len(_MANY_SHAPES)],
+            np.float32,
+        )
+        for i in range(leaves)
+    ]
 
 
 def spec_for(workload: str, quick: bool) -> Spec:
@@ -86,7 +98,7 @@ def spec_for(workload: str, quick: bool) -> Spec:
     if workload == "bf16":
         return transformer_spec(sizes, jnp.bfloat16)
     if workload == "many":
-        return many_spec(sizes)
+        return many_spec(sizes.many_leaves)
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -118,6 +130,11 @@ def build_tree(spec: Spec, seed: int = 0) -> dict[str, Any]:
 def abstract_tree(spec: Spec) -> dict[str, Any]:
     """The template a user would get from ``jax.eval_shape(model.init, ...)``."""
     return _nest((path, jax.ShapeDtypeStruct(shape, np.dtype(dtype))) for path, shape, dtype in spec)
+
+
+def numpy_tree(spec: Spec) -> dict[str, Any]:
+    """A template of zero-filled `np.ndarray`s: ckptschema then loads numpy arrays."""
+    return _nest((path, np.zeros(shape, dtype)) for path, shape, dtype in spec)
 
 
 def subtree_template(spec: Spec) -> Any:
