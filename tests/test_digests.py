@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import itertools
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -155,3 +157,15 @@ def test_the_module_imports_neither_pydantic_nor_another_ckptschema_module():
         elif isinstance(node, ast.ImportFrom):
             imported.add("ckptschema" if node.level else (node.module or "").partition(".")[0])
     assert sorted(imported) == ["__future__", "blake3", "hashlib", "numpy", "typing"]
+
+
+@pytest.mark.slow
+def test_the_digest_benchmark_runs_quick_and_prints_its_three_tables():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "digests.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for heading in ("## Throughput", "## Where BLAKE3's threads pay off", "## Hashing the big tensors while"):
+        assert heading in proc.stdout
+    assert "| _digests blake3 (threads by size) | big: 36 tensors, a digest each |" in proc.stdout
