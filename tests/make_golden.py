@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,11 +95,6 @@ def write(out: Path, golden: Sequence[Golden] = GOLDEN, *, force: bool = False) 
             "no release has written yet, run again with --force"
         )
     out.mkdir(parents=True, exist_ok=True)
-    for path in existing:  # a sharded save keeps only its own shards, and --force starts clean
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
     paths = [g.save(out) for g in golden]
     (out / "README.md").write_text(readme(golden, out), encoding="utf-8")
     return paths
