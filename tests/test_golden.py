@@ -41,7 +41,7 @@ def _param(golden: Golden) -> Any:
             pytest.mark.framework,
             pytest.mark.skipif(not golden.available, reason=f"needs {', '.join(golden.needs)}"),
         ]
-    return pytest.param(golden, id=golden.name, marks=marks)
+    return pytest.param(golden, id=golden.path().name, marks=marks)
 
 
 ALL = [_param(g) for g in GOLDEN]
