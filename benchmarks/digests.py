@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(machine()))
     source = random_bytes(buffer_bytes)
     big = tensors(wl.transformer_spec(sizes, np.float32), source)
-    many = tensors(wl.many_spec(sizes), source)
+    many = tensors(wl.many_spec(sizes.many_leaves), source)
     warm_up()
     big_mb = sum(c.nbytes for c in big) / 1e6
     workloads = [
