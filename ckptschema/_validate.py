@@ -14,7 +14,8 @@ from ._limits import MAX_HEADER_BYTES
 from ._manifest import Manifest
 from ._opening import PathLike, open_checkpoint, tracking
 from ._plain import match_plain
-from ._review import Schema, parse_schema
+from ._review import Schema
+from ._review_parse import parse_schema
 from ._sources import Source
 from ._tree import flatten, iter_nodes, keypath
 

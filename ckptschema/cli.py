@@ -31,7 +31,8 @@ from ._inventory import STDIN, Inventory, escaped, human_size, read_any
 from ._load import read_manifest
 from ._manifest import Manifest
 from ._manifest_file import json_schema
-from ._review import Schema, document_json_schema
+from ._review import Schema
+from ._review_parse import document_json_schema
 from ._save import save
 from ._validate import validate
 

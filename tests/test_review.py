@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import ckptschema
 from ckptschema._paths import parse_name, spell_path
-from ckptschema._review import DOCUMENT_VERSION, document_json_schema, parse_schema
+from ckptschema._review import DOCUMENT_VERSION
+from ckptschema._review_parse import document_json_schema, parse_schema
 from ckptschema._tree import child_keys, flatten
 
 from .strategies import int_keys, str_keys, trees
