@@ -18,6 +18,7 @@ from ._save_plan import SavePlan
 __all__ = ["dumps", "manifest_of", "save"]
 
 
+@gc_paused
 def save(
     path: PathLike,
     tree: Any,

@@ -9,6 +9,7 @@ from . import _digests, _tensors
 from ._compare import Report, compare
 from ._dtypes import DTYPES
 from ._errors import FormatError, Issue
+from ._gcpause import gc_paused
 from ._header import Header
 from ._limits import MAX_HEADER_BYTES
 from ._manifest import Manifest
@@ -22,6 +23,7 @@ from ._tree import flatten, iter_nodes, keypath
 __all__ = ["load_schema", "validate"]
 
 
+@gc_paused
 def validate(
     source: PathLike | bytes | bytearray | memoryview,
     against: Any = None,
