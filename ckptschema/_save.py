@@ -231,6 +231,7 @@ def _save_sharded(directory: PathLike, plan: SavePlan, max_bytes: int, progress:
         for stale in previous - set(names):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(where, stale))
+    plan.set_digests(recorded)
     return plan.manifest()
 
 

@@ -76,10 +76,11 @@ class SavePlan:
         Raises:
             CkptSchemaError: one line naming `where`, the problem and, for a limit, the limit.
         """
-        self.set_digests(self.placeholders)
         hint = ""
         try:
-            data = self._manifest.data
+            data = self._manifest.data  # no digests yet: placeholders of the real ones' length take their place
+            if self.checksum is not None:
+                data["digests"] = _base64(self.placeholders)
             validate_data(data)
             check_tensors(len(self.nodes))
             self._text = compact_json(data)
@@ -121,13 +122,12 @@ class SavePlan:
         """The manifest JSON text for these digests (after `check`).
 
         Only the last field, ``digests``, depends on them: the text `check` rendered with
-        placeholders gets the real digests spliced in, base64 of the same length.
+        placeholders gets these spliced in, base64 of the same length.
         """
         assert self._text is not None, "check() renders the text first"
-        self.set_digests(digests)
         if self.checksum is None:
             return self._text
-        encoded = base64.b64encode(bytes.fromhex("".join(digests))).decode("ascii")  # type: ignore[arg-type]
+        encoded = _base64(digests)
         return f'{self._text[: -len(encoded) - 2]}{encoded}"}}'
 
     def header(self, digests: list[str | None]) -> bytes:
@@ -139,6 +139,11 @@ class SavePlan:
         digests = _tensors.write_file(out, self.header, self.arrays, self.checksum)
         self.set_digests(digests)
         return self.manifest()
+
+
+def _base64(digests: list[str | None]) -> str:
+    """Hex digests as the manifest's ``digests`` field: their bytes, concatenated, in base64."""
+    return base64.b64encode(bytes.fromhex("".join(digests))).decode("ascii")  # type: ignore[arg-type]
 
 
 def _check_header(header: bytes) -> None:
