@@ -106,8 +106,8 @@ def agreed_manifest(file: ManifestFile, header: Header, where: str) -> Manifest:
         problem = refusal(node)
         if problem is not None:
             invalid.append(f"container type {node['type']!r} at {keypath(_path(parent, name))} {problem}")
-    if len(keys) != len(entries):
-        problems += [f"header tensor {key!r} is not in the manifest" for key in entries.keys() - keys]
+    if problems or len(keys) != len(entries):
+        problems += [f"header tensor {key!r} is not in the manifest" for key in sorted(entries.keys() - keys)]
     digests = _digests_of(file, len(tensors))
     if digests is None:
         invalid.append(f"digests hold {_digest_count(file)} digests for {len(tensors)} tensors")

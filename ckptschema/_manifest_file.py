@@ -20,10 +20,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     FiniteFloat,
     StrictInt,
     StrictStr,
+    Tag,
     model_validator,
 )
 from pydantic import (
@@ -215,20 +217,33 @@ _CheckedCustomNode = Annotated[CustomNode, AfterValidator(_unique_keys)]
 #: its shape and bytes are those of that key's header entry.
 TensorLeaf = DTypeName
 
+
+def _node_tag(node: Any) -> str | None:
+    """Which node model checks `node`: ``tensor`` for a string, else its ``kind`` (None: no model)."""
+    if isinstance(node, str):
+        return "tensor"
+    kind = node.get("kind") if isinstance(node, dict) else None
+    return kind if kind in _KINDS else None
+
+
+_KINDS = ("scalar", "none", "list", "tuple", "namedtuple", "dict", "wrapper", "node")
+
+#: One tagged union: a validation error names the node's kind (``skeleton/dict/children/0/scalar``).
 Node = Annotated[
-    TensorLeaf
-    | Annotated[
-        _CheckedScalarNode
-        | NoneNode
-        | ListNode
-        | TupleNode
-        | _CheckedNamedTupleNode
-        | _CheckedDictNode
-        | WrapperNode
-        | _CheckedCustomNode,
-        Field(discriminator="kind"),
-    ],
-    Field(union_mode="left_to_right"),
+    Annotated[TensorLeaf, Tag("tensor")]
+    | Annotated[_CheckedScalarNode, Tag("scalar")]
+    | Annotated[NoneNode, Tag("none")]
+    | Annotated[ListNode, Tag("list")]
+    | Annotated[TupleNode, Tag("tuple")]
+    | Annotated[_CheckedNamedTupleNode, Tag("namedtuple")]
+    | Annotated[_CheckedDictNode, Tag("dict")]
+    | Annotated[WrapperNode, Tag("wrapper")]
+    | Annotated[_CheckedCustomNode, Tag("node")],
+    Discriminator(
+        _node_tag,
+        custom_error_type="node",
+        custom_error_message="a node is a dtype name (a tensor) or an object with a known kind",
+    ),
 ]
 
 
@@ -358,13 +373,20 @@ def parse_manifest(text: str, where: str) -> ManifestFile:
 
 
 def short_error(error: Exception) -> str:
-    """One line for a validation error: Pydantic's first three problems by location, no URL, no input."""
+    """One line for a validation error: Pydantic's first three problems by location, no URL, no input
+    (but a tensor leaf that is no dtype name is shown, cut to 40 characters)."""
     if isinstance(error, PydanticValidationError):
-        first = error.errors(include_url=False, include_input=False)[:3]
-        parts = ["/".join(map(str, e["loc"])) + ": " + e["msg"] for e in first]
+        first = error.errors(include_url=False)[:3]
+        parts = ["/".join(map(str, e["loc"])) + ": " + _message(e) for e in first]
         more = error.error_count() - len(first)
         return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
     return str(error) or type(error).__name__
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "literal_error" and error["loc"][-1:] == ("tensor",):
+        return f"{repr(error['input'])[:40]} is not a dtype name of the format"
+    return str(error["msg"])
 
 
 def json_schema() -> dict[str, Any]:

@@ -33,11 +33,13 @@ _TENSOR = re.compile(
 _SCALAR = re.compile(r"(bool|int|float|str)(?: (.+))?", re.DOTALL)
 _NAMEDTUPLE = re.compile(r"namedtuple ([^\s(),]+)\(([^\s()]*)\)")
 #: Patterns of member names and values for the JSON Schema (the parser checks more).
-_CONTAINER_KEY, _LEAF_KEY = r"^/([\s\S]*/)?$", r"^(/[\s\S]*[^/])?$"
+#: They end in ``(?![\s\S])``, not ``$``: Python's ``$`` also matches before a final newline.
+_END = r"(?![\s\S])"
+_CONTAINER_KEY, _LEAF_KEY = rf"^/([\s\S]*/)?{_END}", rf"^(/[\s\S]*[^/])?{_END}"
 _CONTAINER_ITEM = r"(list|tuple|dict|dict [\s\S]+|namedtuple [^\s(),]+\([^\s()]*\)|node [\s\S]+|wrapper [\s\S]+)"
 _LEAF_VALUE = (
     rf"^(({_DTYPES})\[([0-9]+(,[0-9]+)*)?\]( ({_CHECKSUMS}):[0-9a-f]{{64}})?|none|bool( True| False)?"
-    r"|int( -?[0-9]+)?|float( [\s\S]+)?|str( \"[\s\S]*\")?)$"
+    rf"|int( -?[0-9]+)?|float( [\s\S]+)?|str( \"[\s\S]*\")?){_END}"
 )
 #: What a scalar is checked with while a structure-only document (which has no values) is validated.
 _PLACEHOLDERS = {"bool": False, "int": 0, "float": "0.0", "str": ""}
@@ -293,7 +295,7 @@ def document_json_schema() -> dict[str, Any]:
         },
         "required": ["ckptschema_schema", *_HEADER],
         "patternProperties": {
-            _CONTAINER_KEY: {"type": "string", "pattern": rf"^(wrapper [\s\S]+ > )*{item}$"},
+            _CONTAINER_KEY: {"type": "string", "pattern": rf"^(wrapper [\s\S]+ > )*{item}{_END}"},
             _LEAF_KEY: {"type": "string", "pattern": _LEAF_VALUE},
         },
         "additionalProperties": False,

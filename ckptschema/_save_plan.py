@@ -158,7 +158,7 @@ def _check_header(header: bytes) -> None:
 
 #: What to do about a header or index over its limit (a sharded index holds the same manifest: no help).
 _HEADER_HINT = (
-    " (readers refuse larger ones); each tensor takes about 130 bytes plus its key and its path's last part, "
+    " (readers refuse larger ones); each tensor takes about 110 bytes plus its key and its path's last part, "
     "so use shorter keys or separator=, checksum=None (43 bytes less per tensor), or several checkpoints"
 )
 

@@ -98,7 +98,7 @@ def checksum_issues(source: Source, header: Header, manifest: Manifest) -> list[
 
 
 def load_schema(source: PathLike | IO[bytes]) -> Schema:
-    """Read a schema document: ``ckptschema schema`` output, or the manifest JSON older releases wrote.
+    """Read a schema document, as ``ckptschema schema`` writes it.
 
     Args:
         source: a path (a regular file, or a pipe such as ``<(...)``, read to its end) or a

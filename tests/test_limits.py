@@ -18,7 +18,7 @@ DEPTH_ERROR = (
 )
 INT_ERROR = f"an integer of more than MAX_INT_DIGITS={MAX_INT_DIGITS} digits"
 HEADER_HINT = (
-    " (readers refuse larger ones); each tensor takes about 130 bytes plus its key and its path's last part, "
+    " (readers refuse larger ones); each tensor takes about 110 bytes plus its key and its path's last part, "
     "so use shorter keys or separator=, checksum=None (43 bytes less per tensor), or several checkpoints"
 )
 

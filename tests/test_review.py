@@ -318,6 +318,11 @@ def test_json_schema_accepts_every_document(skeleton, structure_only):
     jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
 
 
+def test_json_schema_accepts_a_document_whose_key_ends_with_a_newline():
+    document = json.loads(_doc({"\n": np.zeros(1, F32), "d": {"\n": None}}))
+    jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
 @pytest.mark.parametrize("edit", [{"/w": "float128[2]"}, {"w": "int 1"}, {"/t/": "set"}, {"framework": "Not"}])
 def test_json_schema_refuses_what_the_reader_refuses(edit):
     data = {**json.loads(_doc({"w": np.zeros(2, F32)})), **edit}
