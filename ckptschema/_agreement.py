@@ -16,7 +16,8 @@ from ._dtypes import DTYPES
 from ._errors import CkptSchemaError, FormatError
 from ._header import Header
 from ._manifest import Manifest
-from ._tree import KeyPart, iter_nodes, keypath
+from ._skeleton import KeyPart, iter_nodes
+from ._skeleton import path_text as keypath
 
 __all__ = ["Subtree", "check_agreement", "lookup_containers", "select"]
 

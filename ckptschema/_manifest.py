@@ -2,7 +2,7 @@
 
 Skeleton nodes are strict ``TypedDict`` models: Pydantic checks them (no coercion: ``true``
 is not an int, ``"3"`` is not a shape; unknown fields are refused) and hands back plain
-dicts, which is exactly what the skeleton functions in `_tree` work on, at a fraction of
+dicts, which is exactly what the skeleton functions in `_skeleton` work on, at a fraction of
 the cost of building an object per node. `Manifest` is the model users see.
 `parse_manifest` is the only way text becomes a `Manifest`.
 """
@@ -31,7 +31,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from . import _containers, _namedtuples, _tree
+from . import _containers, _namedtuples, _scalars, _skeleton
 from ._dtypes import ALL_DTYPE_NAMES, DTYPES
 from ._errors import FormatError
 from ._json import check_keys, strict_json_counted
@@ -68,7 +68,7 @@ class TensorNode(TypedDict):
 
 def _is_float_text(text: str) -> bool:
     try:
-        return _tree.float_text(_tree.float_value(text)) == text
+        return _scalars.float_text(_scalars.float_value(text)) == text
     except ValueError:
         return False
 
@@ -294,7 +294,7 @@ class Manifest(BaseModel):
         """Every tensor by its key, in file order."""
         return {
             n["key"]: TensorInfo(n["key"], n["dtype"], tuple(n["shape"]), n.get("digest"))
-            for _, n in _tree.iter_nodes(self.skeleton)  # type: ignore[arg-type]
+            for _, n in _skeleton.iter_nodes(self.skeleton)  # type: ignore[arg-type]
             if n["kind"] == "tensor"
         }
 

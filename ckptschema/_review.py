@@ -42,7 +42,7 @@ from ._json import strict_json
 from ._limits import MAX_DEPTH, MAX_NODES
 from ._manifest import _SCALAR_CHECKS, Manifest, json_schema, parse_manifest, short_error
 from ._paths import CANONICAL_INT, Path, parse_name, part_key, sort_key, spell_path
-from ._tree import KeyPart, child_keys
+from ._skeleton import KeyPart, children
 
 __all__ = ["DOCUMENT_VERSION", "Schema", "document_json_schema", "parse_schema"]
 
@@ -113,7 +113,7 @@ def _entries(skeleton: dict[str, Any]) -> list[tuple[Path, bool, str]]:
         else:
             if not (node["kind"] == "dict" and node["type"] is None and node["children"]):
                 chain.append(_item(node))
-            stack.extend(((*path, k), c) for k, c in zip(child_keys(node), node["children"]))
+            stack.extend(children(node, path))
         if chain:
             out.append((path, True, " > ".join(chain)))
         if leaf is not None:
