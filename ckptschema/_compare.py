@@ -9,11 +9,12 @@ tensor digests compared, a template only its types (its values are placeholders)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,9 +28,8 @@ __all__ = ["Comparison", "Match", "Report", "compare", "raise_or_warn", "scalar_
 _MAPPINGS = ("dict",)
 
 
-@dataclasses.dataclass(frozen=True)
-class Match:
-    """One expected leaf and the file leaf that fills it.
+class Match(NamedTuple):
+    """One expected leaf and the file leaf that fills it (a named tuple: one is made per leaf loaded).
 
     Attributes:
         path: the leaf's path.
@@ -141,10 +141,11 @@ class _Comparer:
     def __init__(self, against: str, values: bool, likes: Sequence[Any] | None) -> None:
         self.against = against
         self.values = values
-        self.likes = likes
+        self.template = likes is not None
+        #: The template leaf of each expected leaf, taken in walk order as they are compared or passed over.
+        self.like: Callable[[], Any] = iter(likes).__next__ if likes is not None else itertools.repeat(None).__next__
         self.issues: list[Issue] = []
         self.matches: list[Match] = []
-        self.leaf = 0  # the walk-order number of the next expected leaf
 
     def issue(
         self, kind: str, path: Path, found: str | None, expected: str | None, found_value: Any, expected_value: Any
@@ -159,12 +160,10 @@ class _Comparer:
         self.skip(expected)
 
     def skip(self, expected: dict[str, Any]) -> None:
-        self.leaf += sum(n["kind"] in ("tensor", "scalar") for _, n in iter_nodes(expected))
-
-    def like(self) -> Any:
-        """The template leaf of the expected leaf being compared (None for a schema); moves on to the next."""
-        i, self.leaf = self.leaf, self.leaf + 1
-        return None if self.likes is None else self.likes[i]
+        """Pass over the template leaves of an expected subtree that matches nothing."""
+        for _, n in iter_nodes(expected):
+            if n["kind"] in ("tensor", "scalar"):
+                self.like()
 
     def leaves(self, kind: str, node: dict[str, Any], path: Path) -> None:
         """Report every leaf under `node` as missing or unexpected (the node itself if none)."""
@@ -215,7 +214,7 @@ class _Comparer:
 
     def tensor(self, found: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
         like = self.like()
-        if found["kind"] == "scalar" and self.likes is not None and _takes_scalar(expected, like):
+        if found["kind"] == "scalar" and self.template and _takes_scalar(expected, like):
             if _scalar_fits(found, expected["dtype"]):
                 self.matches.append(Match(path, found, like))
             else:

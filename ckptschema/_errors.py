@@ -88,7 +88,8 @@ class Issue:
             ``missing``, ``unexpected`` and ``structure``, the node as a dict without its
             children: ``{"kind": "tensor", "dtype": "float32", "shape": (3, 4)}``,
             ``{"kind": "scalar", "type": "int", "value": 5}``, ``{"kind": "tuple"}``.
-        expected_value: what the template or schema wants, in the same form.
+        expected_value: what the template or schema wants, in the same form. Both are None
+            for the one issue of a file with no manifest checked against a schema.
 
     Example:
         >>> import numpy as np, ckptschema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -193,17 +194,21 @@ def _values(source: Source, header: Header, matches: list[Match], verify: bool, 
     """
     values: list[Any] = [None] * len(matches)
     read: list[int] = []
+    spread: list[tuple[int, Any]] = []
     for i, m in enumerate(matches):
         if m.found["kind"] == "scalar":
             values[i] = scalar_like(scalar_value(m.found), m.like)
         elif verify or (sharding := _spread_over(m.like, m.found["dtype"])) is None:
             read.append(i)
         else:
-            values[i] = _read_blocks(source, header.entries[m.found["key"]], m.found, sharding)
+            spread.append((i, sharding))
     tensors = [matches[i].found for i in read]
     mapped = [mmap and isinstance(matches[i].like, np.ndarray) for i in read]
     for i, node, array in zip(read, tensors, _read_tensors(source, header, tensors, verify, mapped)):
         values[i] = place(array, node["dtype"], matches[i].like)
+    for i, sharding in spread:
+        found = matches[i].found
+        values[i] = _read_blocks(source, header.entries[found["key"]], found, sharding)
     return values
 
 
@@ -240,15 +245,15 @@ def _read_tensors(
     """The arrays of tensor nodes, in their order, read in as few calls as the layout allows;
     a node whose `mapped` flag is set gets a view of a memory map of the file instead."""
 
-    def wanted(indices: list[int]) -> list[tuple[Entry, Any, list[int]]]:
+    def wanted(indices: Iterable[int]) -> list[tuple[Entry, Any, list[int]]]:
         return [(header.entries[nodes[i]["key"]], DTYPES[nodes[i]["dtype"]], nodes[i]["shape"]) for i in indices]
 
-    flags = mapped or [False] * len(nodes)
-    order = [i for i, flag in enumerate(flags) if not flag]
+    flags = mapped or []
     viewed = [i for i, flag in enumerate(flags) if flag]
+    order: list[int] | range = [i for i, flag in enumerate(flags) if not flag] if viewed else range(len(nodes))
     arrays = _tensors.read_tensors(source, wanted(order))
     if viewed:
-        order += viewed
+        order = [*order, *viewed]
         arrays += _tensors.map_tensors(source, source.map(), wanted(viewed))
     if verify:
         for i, array in zip(order, arrays):

@@ -69,6 +69,7 @@ def validate(
 
 
 def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
+    """Every mismatch of a manifest with what `validate` was given: a schema (or its path) or a template."""
     root = manifest.data["skeleton"]
     if against is None:
         return []
@@ -83,6 +84,7 @@ def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
 
 
 def checksum_issues(source: Source, header: Header, manifest: Manifest) -> list[Issue]:
+    """A ``checksum`` issue for each tensor whose bytes no longer have their recorded digest."""
     issues = []
     for path, node in iter_nodes(manifest.data["skeleton"]):
         if node["kind"] == "tensor" and node.get("digest"):

@@ -18,7 +18,7 @@ def _skeleton(tree):
     return flatten(tree).skeleton
 
 
-def _against(found_tree, template_tree, **kwargs):
+def _with_template(found_tree, template_tree, **kwargs):
     """`compare` of a tree's skeleton with a template's, the template's leaves given."""
     template = flatten_template(template_tree)
     return compare(_skeleton(found_tree), template.skeleton, likes=template.likes, **kwargs)
@@ -27,7 +27,7 @@ def _against(found_tree, template_tree, **kwargs):
 def test_equal_trees_have_no_issues_and_match_every_leaf_in_template_order():
     tree = {"w": np.zeros(2, np.float32), "n": 3}
     template = {"w": jax.ShapeDtypeStruct((2,), jnp.float32), "n": 0}
-    result = _against(tree, template)
+    result = _with_template(tree, template)
     assert result.issues == []
     found = _skeleton(tree)["children"]
     assert result.matches == [Match(("w",), found[0], template["w"]), Match(("n",), found[1], 0)]
@@ -35,7 +35,7 @@ def test_equal_trees_have_no_issues_and_match_every_leaf_in_template_order():
 
 
 def test_matches_follow_the_template_order_not_the_file_order():
-    result = _against({"a": 1, "b": 2.5}, {"b": 0.0, "a": 0})
+    result = _with_template({"a": 1, "b": 2.5}, {"b": 0.0, "a": 0})
     assert [(m.path, m.found["value"], m.like) for m in result.matches] == [(("b",), "2.5", 0.0), (("a",), 1, 0)]
 
 
@@ -47,14 +47,14 @@ def test_matches_carry_the_path_under_the_compared_roots():
 
 def test_a_mismatched_subtree_leaves_the_later_matches_with_their_own_template_leaves():
     like = np.zeros(1, np.int8)
-    result = _against({"a": (1, 2), "b": np.zeros(1, np.int8)}, {"a": [0, 0], "b": like})
+    result = _with_template({"a": (1, 2), "b": np.zeros(1, np.int8)}, {"a": [0, 0], "b": like})
     assert [i.kind for i in result.issues] == ["structure"]
     assert [(m.path, m.like is like) for m in result.matches] == [(("b",), True)]
 
 
 def test_a_missing_subtree_leaves_the_later_matches_with_their_own_template_leaves():
     like = np.zeros(1, np.int8)
-    result = _against({"b": np.zeros(1, np.int8)}, {"a": {"x": 0, "y": 1.0}, "b": like})
+    result = _with_template({"b": np.zeros(1, np.int8)}, {"a": {"x": 0, "y": 1.0}, "b": like})
     assert [i.kind for i in result.issues] == ["missing", "missing"]
     assert [(m.path, m.like is like) for m in result.matches] == [(("b",), True)]
 
@@ -86,17 +86,17 @@ def test_namedtuple_names_must_agree():
 
     a = collections.namedtuple("A", "x")
     b = collections.namedtuple("B", "x")
-    issues = _against(a(1), b(1)).issues
+    issues = _with_template(a(1), b(1)).issues
     assert [str(i) for i in issues] == ["<root>: structure namedtuple A in file, namedtuple B in template"]
 
 
 def test_scalar_types_must_agree():
-    issues = _against({"lr": 1}, {"lr": 1.0}).issues
+    issues = _with_template({"lr": 1}, {"lr": 1.0}).issues
     assert [str(i) for i in issues] == ["lr: dtype int in file, float in template"]
 
 
 def test_template_scalar_values_are_placeholders():
-    assert _against({"step": 100}, {"step": 0}).issues == []
+    assert _with_template({"step": 100}, {"step": 0}).issues == []
 
 
 def test_schema_scalar_values_must_agree():
@@ -105,7 +105,7 @@ def test_schema_scalar_values_must_agree():
 
 
 def test_weak_scalar_template_accepts_python_scalar():
-    result = _against({"step": 12}, jax.eval_shape(lambda: {"step": 0}))
+    result = _with_template({"step": 12}, jax.eval_shape(lambda: {"step": 0}))
     assert result.issues == []
     assert [m.found for m in result.matches] == [{"kind": "scalar", "type": "int", "value": 12}]
 
@@ -117,7 +117,7 @@ def test_schema_tensor_does_not_accept_a_python_scalar():
 
 
 def test_tensor_where_a_dict_is_expected_is_a_structure_issue():
-    issues = _against({"w": np.zeros(1, np.float32)}, {"w": {}}).issues
+    issues = _with_template({"w": np.zeros(1, np.float32)}, {"w": {}}).issues
     assert [str(i) for i in issues] == ["w: structure float32[1] in file, dict in template"]
 
 
@@ -166,7 +166,7 @@ def test_report_json_spells_floats_json_cannot_hold_as_a_manifest_does():
 
 
 def _issue(found_tree, template_tree, **kwargs):
-    (issue,) = _against(found_tree, template_tree, **kwargs).issues
+    (issue,) = _with_template(found_tree, template_tree, **kwargs).issues
     return issue
 
 
@@ -199,7 +199,7 @@ def test_checksum_issue_carries_hex_digests_and_none_for_a_file_without_one():
 
 
 def test_missing_and_unexpected_issues_carry_the_node_without_its_children():
-    issues = _against({"x": np.zeros(1, np.int8)}, {"y": {"z": 5}}).issues
+    issues = _with_template({"x": np.zeros(1, np.int8)}, {"y": {"z": 5}}).issues
     assert [(i.kind, i.parts, i.found_value, i.expected_value) for i in issues] == [
         ("missing", ("y", "z"), None, {"kind": "scalar", "type": "int", "value": 5}),
         ("unexpected", ("x",), {"kind": "tensor", "dtype": "int8", "shape": (1,)}, None),
