@@ -105,8 +105,9 @@ class Issue:
     expected: str | None
     against: str = "template"
     parts: tuple[str | int, ...] = ()
-    found_value: Any = None
-    expected_value: Any = None
+    #: Not hashed (a node's dict is not hashable); equal issues still hash alike.
+    found_value: Any = dataclasses.field(default=None, hash=False)
+    expected_value: Any = dataclasses.field(default=None, hash=False)
 
     def __str__(self) -> str:
         if self.kind == "missing":

@@ -30,6 +30,12 @@ def test_int_key_0_and_str_key_0_have_one_path_text_and_different_parts():
     assert by_int != by_str
 
 
+def test_issues_are_hashable_even_with_a_node_as_their_value():
+    (missing,) = _validate({}, {"w": np.zeros(2, np.int8)})
+    assert missing.expected_value == {"kind": "tensor", "dtype": "int8", "shape": (2,)}
+    assert len({missing, missing}) == 1
+
+
 def test_issues_at_the_root_have_no_parts():
     (issue,) = _validate(np.zeros(2, np.int8), np.zeros(3, np.int8))
     assert (issue.path, issue.parts) == ("<root>", ())
