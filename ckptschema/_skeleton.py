@@ -20,12 +20,12 @@ skeleton from a pytree, `_rebuild` a pytree from a skeleton.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ._scalars import scalar_value
 
-__all__ = ["KeyPart", "Path", "children", "describe", "iter_nodes", "path_text", "summary"]
+__all__ = ["KeyPart", "Path", "children", "describe", "iter_nodes", "keys", "path_text", "summary"]
 
 #: One step of a path: a dict key, a sequence index, a namedtuple field or a node's key.
 KeyPart = str | int
@@ -62,10 +62,23 @@ def children(node: dict[str, Any], path: Path = ()) -> list[tuple[Path, dict[str
         return []
     if kind == "wrapper":
         return [(path, node["child"])]
-    nodes = node["children"]
+    return [((*path, k), c) for k, c in zip(keys(node), node["children"])]
+
+
+def keys(node: dict[str, Any]) -> Sequence[KeyPart]:
+    """The keys of a container's children, in order (indices, fields, dict or node keys); none
+    for a leaf or a wrapper. `children` is built on it; a lookup by key uses it directly.
+
+    Example:
+        >>> keys({"kind": "tuple", "children": [{"kind": "none"}] * 2}), keys({"kind": "none"})
+        (range(0, 2), ())
+    """
+    kind = node["kind"]
+    if kind in LEAF_KINDS or kind == "wrapper":
+        return ()
     if kind == "list" or kind == "tuple":
-        return [((*path, i), c) for i, c in enumerate(nodes)]
-    return [((*path, k), c) for k, c in zip(node["fields" if kind == "namedtuple" else "keys"], nodes)]
+        return range(len(node["children"]))
+    return node["fields" if kind == "namedtuple" else "keys"]  # type: ignore[no-any-return]
 
 
 def iter_nodes(node: dict[str, Any], path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
