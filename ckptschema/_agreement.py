@@ -18,7 +18,7 @@ from ._errors import CkptSchemaError, FormatError
 from ._header import Header
 from ._manifest import Manifest
 from ._manifest_file import ManifestFile
-from ._tree import KeyPart, iter_nodes, keypath
+from ._skeleton import KeyPart, iter_nodes, path_text
 
 __all__ = ["Subtree", "agreed_manifest", "lookup_containers", "select"]
 
@@ -105,7 +105,7 @@ def agreed_manifest(file: ManifestFile, header: Header, where: str) -> Manifest:
     for node, parent, name in typed:  # after the walk: a wrapper's rule looks at its child's full node
         problem = refusal(node)
         if problem is not None:
-            invalid.append(f"container type {node['type']!r} at {keypath(_path(parent, name))} {problem}")
+            invalid.append(f"container type {node['type']!r} at {path_text(_path(parent, name))} {problem}")
     if problems or len(keys) != len(entries):
         problems += [f"header tensor {key!r} is not in the manifest" for key in sorted(entries.keys() - keys)]
     digests = _digests_of(file, len(tensors))
@@ -159,7 +159,7 @@ def lookup_containers(skeleton: dict[str, Any], where: str) -> None:
                 _containers.lookup(node["type"])
             except KeyError:
                 raise FormatError(
-                    f"{where}: container type {node['type']!r} at {keypath(path)} is not on the allow-list"
+                    f"{where}: container type {node['type']!r} at {path_text(path)} is not on the allow-list"
                 ) from None
 
 

@@ -67,6 +67,9 @@ class IntegrityError(CkptSchemaError):
 class Issue:
     """One mismatch between a checkpoint and what it was checked against.
 
+    The text fields (`path`, `found`, `expected`) are what messages show; `parts`,
+    `found_value` and `expected_value` are the same facts as data for a program.
+
     Attributes:
         kind: one of ``missing``, ``unexpected``, ``shape``, ``dtype``, ``structure``,
             ``value``, ``checksum``.
@@ -74,7 +77,26 @@ class Issue:
             for the whole tree.
         found: what the checkpoint holds there (``None`` when it holds nothing).
         expected: what the template or schema wants there (``None`` when it wants nothing).
-        against: what the file was compared with: ``template`` or ``schema``.
+        against: what the file was compared with: ``template``, ``schema`` or ``manifest``.
+        parts: the path as its parts, keys as they are: a haiku key ``"mlp/~/linear"`` is
+            one part and the int key ``0`` is not the str key ``"0"``; ``()`` for the root.
+            For a tensor of a file with no manifest, the one part is its tensor key.
+        found_value: what the checkpoint holds, as data (``None`` when it holds nothing):
+            the shape as a tuple of ints for ``shape``; the dtype name (or a scalar's Python
+            type name, ``"int"``) for ``dtype``; the Python scalar for ``value``; the hex
+            sha256 digest for ``checksum`` (``None`` when the file records none); for
+            ``missing``, ``unexpected`` and ``structure``, the node as a dict without its
+            children: ``{"kind": "tensor", "dtype": "float32", "shape": (3, 4)}``,
+            ``{"kind": "scalar", "type": "int", "value": 5}``, ``{"kind": "tuple"}``.
+        expected_value: what the template or schema wants, in the same form. Both are None
+            for the one issue of a file with no manifest checked against a schema.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> data = ckptschema.dumps({"w": np.zeros((3, 4), np.float32)})
+        >>> (issue,) = ckptschema.validate(data, {"w": np.zeros((4, 4), np.float32)}).issues
+        >>> issue.parts, issue.found_value, issue.expected_value
+        (('w',), (3, 4), (4, 4))
     """
 
     kind: str
@@ -82,6 +104,10 @@ class Issue:
     found: str | None
     expected: str | None
     against: str = "template"
+    parts: tuple[str | int, ...] = ()
+    #: Not hashed (a node's dict is not hashable); equal issues still hash alike.
+    found_value: Any = dataclasses.field(default=None, hash=False)
+    expected_value: Any = dataclasses.field(default=None, hash=False)
 
     def __str__(self) -> str:
         if self.kind == "missing":

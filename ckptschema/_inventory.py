@@ -20,7 +20,7 @@ from ._load import read_manifest
 from ._manifest import FORMAT_VERSION, Manifest
 from ._review import Schema
 from ._shards import is_sharded
-from ._tree import KeyPart, child_keys, describe, keypath
+from ._skeleton import KeyPart, children, describe, path_text
 from ._validate import load_schema
 
 __all__ = ["STDIN", "Inventory", "escaped", "human_size", "read_any"]
@@ -133,8 +133,8 @@ def _rows(node: dict[str, Any], path: tuple[KeyPart, ...], out: list[_Row]) -> _
         return row
     row = _Row(path, kind, describe(node), value=node.get("value"))
     out.append(row)
-    for key, child in zip(child_keys(node), node.get("children", [])):
-        sub = _rows(child, (*path, key), out)
+    for sub_path, child in children(node, path):
+        sub = _rows(child, sub_path, out)
         row.params += sub.params
         row.nbytes += sub.nbytes
         row.tensors += sub.tensors
@@ -196,7 +196,7 @@ class Inventory:
     def plain(self) -> str:
         """Aligned text with full paths, one node a line (what is printed when piped)."""
         table = [["PATH", "TYPE", "SHAPE", "PARAMS", "SIZE"]]
-        table += [[keypath(r.path), *self.cells(r)] for r in self.rows]
+        table += [[path_text(r.path), *self.cells(r)] for r in self.rows]
         widths = [max(len(line[i]) for line in table) for i in range(5)]
         lines = []
         for line in table:
@@ -210,7 +210,7 @@ class Inventory:
         m = self.manifest
         nodes = []
         for r in self.rows:
-            entry: dict[str, Any] = {"path": keypath(r.path), "parts": list(r.path), "kind": r.kind}
+            entry: dict[str, Any] = {"path": path_text(r.path), "parts": list(r.path), "kind": r.kind}
             if r.kind == "tensor":
                 entry |= {"key": r.key, "dtype": r.type, "shape": list(r.shape or ())}
             elif r.kind == "scalar":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -10,17 +10,20 @@ import numpy as np
 
 from . import _tensors
 from ._agreement import Subtree, lookup_containers, select
-from ._compare import compare, raise_or_warn
+from ._compare import Match, compare, raise_or_warn
 from ._dtypes import DTYPES, jax_can_hold
 from ._errors import FormatError
+from ._flatten import flatten_template
 from ._gcpause import gc_paused
 from ._header import Entry, Header
 from ._manifest import Manifest
 from ._opening import PathLike, open_checkpoint, tracking
 from ._placement import place, scalar_like
 from ._plain import load_plain
+from ._rebuild import build_like_template, build_tree
+from ._scalars import scalar_value
+from ._skeleton import iter_nodes
 from ._sources import Source
-from ._tree import flatten, iter_nodes, rebuild, scalar_value, unflatten
 
 __all__ = ["load", "loads", "read_manifest"]
 
@@ -170,49 +173,55 @@ def _load(
     if manifest is None:
         return load_plain(source, header, template, strict, subtree, separator or ".", mmap)
     node, prefix = select(manifest, subtree, source.name)
+    checksum = manifest.checksum if verify else None
     if template is None:
         lookup_containers(node, source.name)
         tensors = [n for _, n in iter_nodes(node) if n["kind"] == "tensor"]
-        arrays = _read_all(source, header, tensors, manifest.checksum if verify else None)
-        return unflatten(node, lambda n: place(arrays[id(n)], n["dtype"]))
-    expected = flatten(template, manifest.separator, template=True).skeleton
-    result = compare(node, expected, prefix)
+        arrays = _read_tensors(source, header, tensors, checksum)
+        return build_tree(node, [place(a, n["dtype"]) for n, a in zip(tensors, arrays)])
+    expected = flatten_template(template, manifest.separator)
+    result = compare(node, expected.skeleton, prefix, likes=expected.likes)
     raise_or_warn(result.issues, strict, source.name)
-    spread = {} if verify else _spread_leaves(expected, result.pairs)
-    tensors = [n for n in result.pairs.values() if n["kind"] == "tensor" and id(n) not in spread]
-    checksum = manifest.checksum if verify else None
-    arrays = _read_all(source, header, tensors, checksum, _numpy_leaves(expected, result.pairs) if mmap else set())
-
-    def fill(t: dict[str, Any]) -> Any:
-        found = result.pairs[id(t)]
-        if found["kind"] == "scalar":
-            return scalar_like(scalar_value(found), t["_like"])
-        if id(found) in spread:
-            return _read_spread(source, header.entries[found["key"]], found, spread[id(found)])
-        return place(arrays[id(found)], found["dtype"], t["_like"])
-
-    return rebuild(expected, fill)
+    return build_like_template(expected, _values(source, header, result.matches, checksum, mmap))
 
 
-def _spread_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> dict[int, Any]:
-    """The sharding of each file tensor whose template leaf spreads it over several devices, by ``id``."""
-    spread = {}
-    for _, t in iter_nodes(expected):
-        like = t.get("_like")
-        sharding = None if isinstance(like, np.ndarray) else getattr(like, "sharding", None)
-        found = pairs.get(id(t))
-        if (
-            sharding is not None
-            and len(sharding.device_set) > 1
-            and found is not None
-            and found["kind"] == "tensor"
-            and jax_can_hold(found["dtype"])
-        ):
-            spread[id(found)] = sharding
-    return spread
+def _values(source: Source, header: Header, matches: list[Match], checksum: str | None, mmap: bool) -> list[Any]:
+    """The value of each match, placed like its template leaf.
+
+    A file scalar takes its template leaf's form; a tensor that the template leaf spreads
+    over several devices is read block by block (whole when a `checksum` is to be verified);
+    every other tensor is read with the rest in as few calls as the layout allows, or mapped
+    when ``mmap`` and its template leaf is a numpy array.
+    """
+    values: list[Any] = [None] * len(matches)
+    read: list[int] = []
+    spread: list[tuple[int, Any]] = []
+    for i, m in enumerate(matches):
+        if m.found["kind"] == "scalar":
+            values[i] = scalar_like(scalar_value(m.found), m.like)
+        elif checksum or (sharding := _spread_over(m.like, m.found["dtype"])) is None:
+            read.append(i)
+        else:
+            spread.append((i, sharding))
+    tensors = [matches[i].found for i in read]
+    mapped = [mmap and isinstance(matches[i].like, np.ndarray) for i in read]
+    for i, node, array in zip(read, tensors, _read_tensors(source, header, tensors, checksum, mapped)):
+        values[i] = place(array, node["dtype"], matches[i].like)
+    for i, sharding in spread:
+        found = matches[i].found
+        values[i] = _read_blocks(source, header.entries[found["key"]], found, sharding)
+    return values
 
 
-def _read_spread(source: Source, entry: Entry, node: dict[str, Any], sharding: Any) -> jax.Array:
+def _spread_over(like: Any, dtype_name: str) -> Any:
+    """The sharding of a template leaf that spreads its tensor over several devices, else None."""
+    sharding = None if isinstance(like, np.ndarray) else getattr(like, "sharding", None)
+    if sharding is not None and len(sharding.device_set) > 1 and jax_can_hold(dtype_name):
+        return sharding
+    return None
+
+
+def _read_blocks(source: Source, entry: Entry, node: dict[str, Any], sharding: Any) -> jax.Array:
     """A tensor built shard by shard: each addressable device gets the bytes of its own block.
 
     Each distinct block is read once (replicas share it); no device's data passes through a
@@ -231,32 +240,33 @@ def _read_spread(source: Source, entry: Entry, node: dict[str, Any], sharding: A
     return jax.make_array_from_callback(shape, sharding, block)
 
 
-def _numpy_leaves(expected: dict[str, Any], pairs: dict[int, dict[str, Any]]) -> set[int]:
-    """The ``id`` of each file tensor that a numpy template leaf will receive."""
-    found = (pairs.get(id(t)) for _, t in iter_nodes(expected) if isinstance(t.get("_like"), np.ndarray))
-    return {id(n) for n in found if n is not None and n["kind"] == "tensor"}
-
-
-def _read_all(
+def _read_tensors(
     source: Source,
     header: Header,
     nodes: list[dict[str, Any]],
     checksum: str | None,
-    mapped: AbstractSet[int] = frozenset(),
-) -> dict[int, np.ndarray]:
-    """The arrays of tensor nodes by node ``id``, read in as few calls as the layout allows;
-    those in `mapped` are views of a memory map instead."""
+    mapped: list[bool] | None = None,
+) -> list[np.ndarray]:
+    """The arrays of tensor nodes, in their order, read in as few calls as the layout allows;
+    a node whose `mapped` flag is set gets a view of a memory map of the file instead. Each
+    is verified against its digest by the `checksum` algorithm, if one is given."""
 
-    def wanted(some: list[dict[str, Any]]) -> list[tuple[Entry, Any, list[int]]]:
-        return [(header.entries[n["key"]], DTYPES[n["dtype"]], n["shape"]) for n in some]
+    def wanted(indices: Iterable[int]) -> list[tuple[Entry, Any, list[int]]]:
+        return [(header.entries[nodes[i]["key"]], DTYPES[nodes[i]["dtype"]], nodes[i]["shape"]) for i in indices]
 
-    viewed = [n for n in nodes if id(n) in mapped]
-    nodes = [n for n in nodes if id(n) not in mapped]
-    arrays = _tensors.read_tensors(source, wanted(nodes))
+    flags = mapped or []
+    viewed = [i for i, flag in enumerate(flags) if flag]
+    order: list[int] | range = [i for i, flag in enumerate(flags) if not flag] if viewed else range(len(nodes))
+    arrays = _tensors.read_tensors(source, wanted(order))
     if viewed:
-        nodes += viewed
+        order = [*order, *viewed]
         arrays += _tensors.map_tensors(source, source.map(), wanted(viewed))
     if checksum is not None:
-        for n, array in zip(nodes, arrays):
-            _tensors.verify(array, n.get("digest"), checksum, n["key"], source.name)
-    return {id(n): array for n, array in zip(nodes, arrays)}
+        for i, array in zip(order, arrays):
+            _tensors.verify(array, nodes[i].get("digest"), checksum, nodes[i]["key"], source.name)
+    if not viewed:
+        return arrays
+    result: list[np.ndarray] = [arrays[0]] * len(nodes)
+    for i, array in zip(order, arrays):
+        result[i] = array
+    return result

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from . import _tree
+from . import _skeleton
 from ._dtypes import DTYPES
 from ._manifest_file import FORMAT_VERSION, Checksum
 
@@ -102,7 +102,7 @@ class Manifest(BaseModel):
         """Every tensor by its key, in file order."""
         return {
             n["key"]: TensorInfo(n["key"], n["dtype"], tuple(n["shape"]), n.get("digest"))
-            for _, n in _tree.iter_nodes(self.skeleton)  # type: ignore[arg-type]
+            for _, n in _skeleton.iter_nodes(self.skeleton)  # type: ignore[arg-type]
             if n["kind"] == "tensor"
         }
 

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from . import _containers, _namedtuples, _tree
+from . import _containers, _namedtuples, _scalars
 from ._digests import ALGORITHMS
 from ._dtypes import ALL_DTYPE_NAMES
 from ._errors import FormatError
@@ -69,7 +69,7 @@ _Children = Annotated[list["Node"], Field(max_length=MAX_FIELDS)]
 
 def _is_float_text(text: str) -> bool:
     try:
-        return _tree.float_text(_tree.float_value(text)) == text
+        return _scalars.float_text(_scalars.float_value(text)) == text
     except ValueError:
         return False
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._tree import KeyPart
+from ._skeleton import KeyPart
 
 __all__ = ["CANONICAL_INT", "Path", "parse_name", "part_key", "sort_key", "spell_path"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -13,60 +14,77 @@ from ._agreement import Subtree
 from ._compare import raise_or_warn, scalar_kind_matches
 from ._dtypes import BY_CODE, DTYPES
 from ._errors import CkptSchemaError, Issue
+from ._flatten import Template, flatten_template
 from ._header import Header
 from ._placement import place
+from ._rebuild import build_like_template
+from ._skeleton import Path, children, path_text, summary
 from ._sources import Source
-from ._tree import KeyPart, flatten, keypath, rebuild
 
-__all__ = ["load_plain", "match_plain"]
+__all__ = ["PlainMatch", "load_plain", "match_plain"]
+
+_SCALARS = (bool, int, float, str)
 
 
-def _plain_candidates(
-    skeleton: dict[str, Any], separator: str
-) -> Iterator[tuple[dict[str, Any], tuple[KeyPart, ...], list[str]]]:
-    """Each template leaf with the keys other tools give it: ``a.b.0`` and pytree2safetensors' ``@a@b#0``.
+#: How pytree2safetensors marks a child's key, by its parent's kind (a node: ``#`` for an int key).
+_P2S_MARKS = {"list": "#", "tuple": "#", "dict": "@", "namedtuple": ".", "node": "."}
+
+
+def _plain_candidates(skeleton: dict[str, Any], separator: str) -> Iterator[tuple[dict[str, Any], Path, list[str]]]:
+    """Each template leaf, in walk order, with the keys other tools give it: ``a.b.0`` and
+    pytree2safetensors' ``@a@b#0``.
 
     pytree2safetensors marks each part of a path: ``@`` a dict key, ``#`` a sequence index, ``.``
     an attribute, except that a path starting with an attribute drops its ``.``
     (``layers#0@w`` for an equinox Module's ``layers[0]["w"]``).
     """
 
-    def walk(node: dict[str, Any], path: tuple[KeyPart, ...], p2s: str) -> Iterator[Any]:
+    def walk(node: dict[str, Any], path: Path, p2s: str) -> Iterator[Any]:
         kind = node["kind"]
         if kind in ("tensor", "scalar"):
             yield node, path, [separator.join(map(str, path)), p2s[1:] if p2s.startswith(".") else p2s]
-        elif kind == "wrapper":
-            yield from walk(node["child"], path, p2s)
-        elif kind in ("list", "tuple"):
-            for i, c in enumerate(node["children"]):
-                yield from walk(c, (*path, i), f"{p2s}#{i}")
-        elif kind == "dict":
-            for k, c in zip(node["keys"], node["children"]):
-                yield from walk(c, (*path, k), f"{p2s}@{k}")
-        elif kind == "namedtuple":
-            for f, c in zip(node["fields"], node["children"]):
-                yield from walk(c, (*path, f), f"{p2s}.{f}")
-        elif kind == "node":
-            for k, c in zip(node["keys"], node["children"]):
-                yield from walk(c, (*path, k), f"{p2s}#{k}" if isinstance(k, int) else f"{p2s}.{k}")
+            return
+        mark = _P2S_MARKS.get(kind, "")
+        for sub, child in children(node, path):
+            if len(sub) == len(path):  # a wrapper's child: no part of its own
+                yield from walk(child, sub, p2s)
+            else:
+                key = sub[-1]
+                yield from walk(child, sub, f"{p2s}{'#' if kind == 'node' and isinstance(key, int) else mark}{key}")
 
     return walk(skeleton, (), "")
 
 
-def match_plain(header: Header, template: Any, separator: str) -> tuple[dict[str, Any], list[Issue], dict[int, str]]:
-    """Match a template's leaves to the keys of a file with no manifest; reads no tensor bytes.
+@dataclasses.dataclass
+class PlainMatch:
+    """A template matched to the keys of a file with no manifest (`match_plain`).
 
-    Returns the template's skeleton, every mismatch, and each matched leaf's key by node ``id``.
+    Attributes:
+        template: the template taken apart.
+        issues: every mismatch.
+        keys: the file key of each template leaf, in the order of ``template.likes``;
+            None for a leaf that did not match.
     """
-    expected = flatten(template, separator, template=True).skeleton
+
+    template: Template
+    issues: list[Issue]
+    keys: list[str | None]
+
+
+def match_plain(header: Header, template: Any, separator: str) -> PlainMatch:
+    """Match a template's leaves to the keys of a file with no manifest; reads no tensor bytes."""
+    expected = flatten_template(template, separator)
     issues: list[Issue] = []
-    matched: dict[int, str] = {}
+    keys: list[str | None] = []
     seen: set[str] = set()
-    for node, path, candidates in _plain_candidates(expected, separator):
+    for node, path, candidates in _plain_candidates(expected.skeleton, separator):
         key = next((k for k in candidates if k in header.entries), None)
-        what = _describe_expected(node)
+        keys.append(None)
+        where = path_text(path)
         if key is None:
-            issues.append(Issue("missing", keypath(path), None, what))
+            want = summary(node)
+            want.pop("value", None)  # a template's scalar values are placeholders
+            issues.append(Issue("missing", where, None, _describe_expected(node), "template", path, None, want))
             continue
         seen.add(key)
         entry = header.entries[key]
@@ -75,20 +93,33 @@ def match_plain(header: Header, template: Any, separator: str) -> tuple[dict[str
         want_shape = tuple(node["shape"]) if node["kind"] == "tensor" else ()
         want_dtype = node["dtype"] if node["kind"] == "tensor" else None
         if entry.shape != want_shape:
-            issues.append(Issue("shape", keypath(path), str(entry.shape), str(want_shape)))
+            issues.append(
+                Issue("shape", where, str(entry.shape), str(want_shape), "template", path, entry.shape, want_shape)
+            )
         elif want_dtype is not None and found != want_dtype:
-            issues.append(Issue("dtype", keypath(path), found, want_dtype))
+            issues.append(Issue("dtype", where, found, want_dtype, "template", path, found, want_dtype))
         elif want_dtype is None and (dtype is None or not scalar_kind_matches(node["type"], dtype.numpy)):
-            issues.append(Issue("dtype", keypath(path), found, node["type"]))
+            issues.append(Issue("dtype", where, found, node["type"], "template", path, found, node["type"]))
         else:
-            matched[id(node)] = key
+            keys[-1] = key
     for key in sorted(header.entries.keys() - seen):
         e = header.entries[key]
         dtype = BY_CODE.get(e.code)
+        name = dtype.name if dtype else e.code
+        shape = tuple(e.shape)
         issues.append(
-            Issue("unexpected", key, f"{dtype.name if dtype else e.code}[{','.join(map(str, e.shape))}]", None)
+            Issue(
+                "unexpected",
+                key,
+                f"{name}[{','.join(map(str, shape))}]",
+                None,
+                "template",
+                (key,),
+                {"kind": "tensor", "dtype": name, "shape": shape},
+                None,
+            )
         )
-    return expected, issues, matched
+    return PlainMatch(expected, issues, keys)
 
 
 def load_plain(
@@ -104,29 +135,23 @@ def load_plain(
             )
             for key, e in header.entries.items()
         }
-    expected, issues, matched = match_plain(header, template, separator)
-    raise_or_warn(issues, strict, source.name)
+    matched = match_plain(header, template, separator)
+    raise_or_warn(matched.issues, strict, source.name)
     mapped = functools.cache(source.map)
-
-    def fill(t: dict[str, Any]) -> Any:
-        key = matched[id(t)]
+    values = []
+    for key, like in zip(matched.keys, matched.template.likes):
+        assert key is not None  # raise_or_warn lets only unexpected tensors pass
         entry = header.entries[key]
         dtype = BY_CODE[entry.code]
-        if mmap and isinstance(t["_like"], np.ndarray):
+        if mmap and isinstance(like, np.ndarray):
             (array,) = _tensors.map_tensors(source, mapped(), [(entry, dtype, entry.shape)])
         else:
             array = _tensors.read_tensor(source, entry, dtype, entry.shape)
-        if t["kind"] == "scalar":
-            return type(t["_like"])(array[()].item())
-        return place(array, dtype.name, t["_like"])
-
-    return rebuild(expected, fill)
+        values.append(type(like)(array[()].item()) if type(like) in _SCALARS else place(array, dtype.name, like))
+    return build_like_template(matched.template, values)
 
 
 def _describe_expected(node: dict[str, Any]) -> str:
     if node["kind"] == "tensor":
         return f"{node['dtype']}[{','.join(map(str, node['shape']))}]"
     return f"{node['type']} scalar"
-
-
-# ------------------------------------------------------------------------------ validation

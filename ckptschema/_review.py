@@ -37,7 +37,7 @@ from typing import Any, Final
 from . import _manifest
 from ._manifest import Manifest
 from ._paths import Path, sort_key, spell_path
-from ._tree import child_keys
+from ._skeleton import children
 
 __all__ = ["DOCUMENT_VERSION", "Schema"]
 
@@ -96,7 +96,7 @@ def _entries(skeleton: dict[str, Any], checksum: str | None) -> list[tuple[Path,
         else:
             if not (node["kind"] == "dict" and node["type"] is None and node["children"]):
                 chain.append(_item(node))
-            stack.extend(((*path, k), c) for k, c in zip(child_keys(node), node["children"]))
+            stack.extend(children(node, path))
         if chain:
             out.append((path, True, " > ".join(chain)))
         if leaf is not None:

@@ -21,7 +21,7 @@ from ._manifest import file_skeleton
 from ._manifest_file import _SCALAR_CHECKS, CHECKSUMS, json_schema, short_error, validate_data
 from ._paths import CANONICAL_INT, Path, parse_name, part_key, spell_path
 from ._review import _BARE_TYPE, _HEADER, DOCUMENT_VERSION, Schema
-from ._tree import KeyPart
+from ._skeleton import KeyPart
 
 __all__ = ["document_json_schema", "parse_schema"]
 

@@ -1,6 +1,6 @@
 """`SavePlan`: everything one save writes, worked out and checked before a byte is written.
 
-tree → skeleton + arrays (`_tree.flatten`) → manifest data → header bytes; `check` runs the
+tree → skeleton + arrays (`_flatten.flatten`) → manifest data → header bytes; `check` runs the
 reader's own validation and limits on the very text that will be written.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 from . import _header, _shards, _tensors
 from ._dtypes import DTYPES
 from ._errors import CkptSchemaError
+from ._flatten import flatten
 from ._format import MANIFEST_KEY, PLACEHOLDER_DIGEST
 from ._json import check_json_text, compact_json
 from ._limits import check_header_bytes, check_json_values, check_tensors
 from ._manifest import Manifest, with_metadata
 from ._manifest_file import CHECKSUMS, FORMAT_KEYS, FORMAT_VERSION, short_error, validate_data
-from ._tree import flatten
 
 __all__ = ["SavePlan"]
 

@@ -9,6 +9,7 @@ from . import _digests, _tensors
 from ._compare import Report, compare
 from ._dtypes import DTYPES
 from ._errors import FormatError, Issue
+from ._flatten import flatten_template
 from ._gcpause import gc_paused
 from ._header import Header
 from ._limits import MAX_HEADER_BYTES
@@ -17,8 +18,8 @@ from ._opening import PathLike, open_checkpoint, tracking
 from ._plain import match_plain
 from ._review import Schema
 from ._review_parse import parse_schema
+from ._skeleton import iter_nodes, path_text
 from ._sources import Source
-from ._tree import flatten, iter_nodes, keypath
 
 __all__ = ["load_schema", "validate"]
 
@@ -59,9 +60,10 @@ def validate(
         if manifest is None:
             if against is None or isinstance(against, (Manifest, Schema, str, os.PathLike)):
                 return Report(
-                    src.name, [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema")]
+                    src.name,
+                    [Issue("structure", "<root>", "no manifest", "a ckptschema manifest", "schema", (), None, None)],
                 )
-            return Report(src.name, match_plain(header, against, ".")[1])
+            return Report(src.name, match_plain(header, against, ".").issues)
         issues = issues_against(manifest, against)
         if deep:
             with tracking(src, header, "verifying", progress) as tracked:
@@ -70,6 +72,7 @@ def validate(
 
 
 def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
+    """Every mismatch of a manifest with what `validate` was given: a schema (or its path) or a template."""
     root = manifest.skeleton
     if against is None:
         return []
@@ -79,12 +82,12 @@ def issues_against(manifest: Manifest, against: Any) -> list[Issue]:
         against = Schema.of(against)
     if isinstance(against, Schema):
         return compare(root, against.skeleton, against="schema", values=not against.structure_only).issues
-    expected = flatten(against, manifest.separator, template=True).skeleton
-    return compare(root, expected).issues
+    expected = flatten_template(against, manifest.separator)
+    return compare(root, expected.skeleton, likes=expected.likes).issues
 
 
 def checksum_issues(source: Source, header: Header, manifest: Manifest) -> list[Issue]:
-    """A ``checksum`` issue for each tensor whose bytes do not hash to its recorded digest."""
+    """A ``checksum`` issue for each tensor whose bytes no longer have their recorded digest."""
     issues: list[Issue] = []
     if manifest.checksum is None:
         return issues
@@ -93,7 +96,9 @@ def checksum_issues(source: Source, header: Header, manifest: Manifest) -> list[
             array = _tensors.read_tensor(source, header.entries[node["key"]], DTYPES[node["dtype"]], node["shape"])
             actual = _digests.digest(array, manifest.checksum)
             if actual != node["digest"]:
-                issues.append(Issue("checksum", keypath(path), actual, node["digest"], "manifest"))
+                issues.append(
+                    Issue("checksum", path_text(path), actual, node["digest"], "manifest", path, actual, node["digest"])
+                )
     return issues
 
 

@@ -168,7 +168,16 @@ def test_validation_error_carries_structured_issues(ckpt):
     with pytest.raises(ckptschema.ValidationError) as e:
         ckptschema.load(ckpt, template=template)
     assert e.value.issues == [
-        ckptschema.Issue("shape", "params/Dense_0/kernel", "(3, 4)", "(4, 4)", "template"),
+        ckptschema.Issue(
+            "shape",
+            "params/Dense_0/kernel",
+            "(3, 4)",
+            "(4, 4)",
+            "template",
+            ("params", "Dense_0", "kernel"),
+            (3, 4),
+            (4, 4),
+        ),
     ]
 
 

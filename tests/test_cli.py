@@ -557,6 +557,9 @@ def test_validate_json_keys_are_stable(tmp_path, capsys):
                 "found": "(4, 4)",
                 "expected": "(3, 4)",
                 "against": "schema",
+                "parts": ["params", "Dense_0", "kernel"],
+                "found_value": [4, 4],
+                "expected_value": [3, 4],
             }
         ],
     }

@@ -18,7 +18,7 @@ import numpy as np
 import ckptschema
 import ckptschema.flax
 import ckptschema.objax
-from ckptschema import _containers, _dtypes, _limits, _tree
+from ckptschema import _containers, _dtypes, _limits, _scalars
 
 PAGE = (pathlib.Path(__file__).parent.parent / "docs" / "format.md").read_text(encoding="utf-8")
 
@@ -139,9 +139,9 @@ def test_nnx_wrapper_example_is_how_an_nnx_linear_state_is_saved():
 
 def test_float_spellings_on_the_page_are_what_save_writes():
     spelled = {"0.1": 0.1, "-0.0": -0.0, "1e+16": 1e16, "1e-05": 1e-05, "inf": float("inf"), "-inf": float("-inf")}
-    assert [_tree.float_text(v) for v in spelled.values()] == list(spelled)
-    assert _tree.float_text(-float("nan")) == "nan:0xfff8000000000000"
-    assert _tree.float_text(_tree.float_value("nan:0x7ff0000000000001")) == "nan:0x7ff0000000000001"
+    assert [_scalars.float_text(v) for v in spelled.values()] == list(spelled)
+    assert _scalars.float_text(-float("nan")) == "nan:0xfff8000000000000"
+    assert _scalars.float_text(_scalars.float_value("nan:0x7ff0000000000001")) == "nan:0x7ff0000000000001"
 
 
 def _save_complete_example(path: pathlib.Path) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import ckptschema
 from ckptschema._json import compact_json, strict_json
 from ckptschema._manifest_file import ManifestFile, parse_manifest
-from ckptschema._tree import scalar_value
+from ckptschema._scalars import scalar_value
 
 SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / f"manifest-v{ckptschema.FORMAT_VERSION}.schema.json"
 

@@ -15,10 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ckptschema
+from ckptschema._flatten import flatten
 from ckptschema._paths import parse_name, spell_path
 from ckptschema._review import DOCUMENT_VERSION
 from ckptschema._review_parse import document_json_schema, parse_schema
-from ckptschema._tree import child_keys, flatten
+from ckptschema._skeleton import children
 
 from .strategies import int_keys, str_keys, trees
 
@@ -41,7 +42,7 @@ def _normalized(node: dict[str, Any]) -> dict[str, Any]:
     if "child" in node:
         node["child"] = _normalized(node["child"])
     if "children" in node:
-        pairs = list(zip(child_keys(node), map(_normalized, node["children"])))
+        pairs = [(sub[-1], _normalized(c)) for sub, c in children(node)]
         if node["kind"] in ("dict", "node"):
             pairs.sort(key=lambda p: _part_key(p[0]))
             node["keys"] = [k for k, _ in pairs]

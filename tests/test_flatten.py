@@ -1,11 +1,9 @@
-"""The tree walker: skeletons, tensor keys, and what it refuses before anything is written."""
+"""Pytree -> skeleton: skeletons, tensor keys, templates, and what is refused before anything is written."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +11,10 @@ import numpy as np
 import pytest
 
 from ckptschema import CkptSchemaError
-from ckptschema._tree import describe, flatten, iter_nodes, keypath, rebuild, unflatten
+from ckptschema._flatten import flatten, flatten_template
+from ckptschema._skeleton import iter_nodes
 
 Pair = collections.namedtuple("Pair", "first second")
-
-
-def test_keypath_joins_parts_with_slash():
-    assert keypath(("mlp/~/linear_0", "w")) == "mlp/~/linear_0/w"
-
-
-def test_keypath_of_root_is_named():
-    assert keypath(()) == "<root>"
 
 
 def test_dict_skeleton_keeps_insertion_order_and_key_types():
@@ -102,7 +93,7 @@ def test_abstract_leaves_are_only_for_templates():
     sds = jax.ShapeDtypeStruct((2,), jnp.float32)
     with pytest.raises(CkptSchemaError, match=r"only allowed in templates"):
         flatten({"w": sds})
-    assert flatten({"w": sds}, template=True).skeleton["children"][0]["shape"] == [2]
+    assert flatten_template({"w": sds}).skeleton["children"][0]["shape"] == [2]
 
 
 def test_unstorable_dtype_is_refused():
@@ -118,65 +109,11 @@ def test_deeper_than_limit_is_refused():
         flatten(tree)
 
 
-def test_unflatten_is_the_inverse_of_flatten():
-    tree = {"a": [1, (2.5, None)], "b": Pair("x", {})}
-    flat = flatten(tree)
-    assert unflatten(flat.skeleton, lambda n: None) == {"a": [1, (2.5, None)], "b": ("x", {})}
-
-
-def test_describe_names_kind_dtype_and_shape():
-    assert [describe(n) for _, n in iter_nodes(flatten({"w": np.zeros((2, 3), np.int8), "n": 5}).skeleton)] == [
-        "dict",
-        "int8[2,3]",
-        "int 5",
-    ]
-
-
-# ---------------------------------------------------------------- namedtuple classes on load
-
-
-def _loaded(tree):
-    return unflatten(flatten(tree).skeleton, lambda n: None)
+# ------------------------------------------------------------------------- namedtuples
 
 
 def test_namedtuple_records_its_defining_module():
     assert flatten(Pair(None, None)).skeleton["module"] == __name__
-
-
-def test_namedtuple_loads_as_its_own_class_when_its_module_is_imported():
-    assert type(_loaded(Pair(None, 1))) is Pair
-
-
-def test_namedtuple_of_a_module_not_imported_is_a_fresh_class_and_nothing_is_imported():
-    node = {**flatten(Pair(None, None)).skeleton, "module": "ckpt_never_imported_module"}
-    loaded = unflatten(node, lambda n: None)
-    assert type(loaded) is not Pair and (type(loaded).__name__, loaded._fields) == ("Pair", ("first", "second"))
-    assert "ckpt_never_imported_module" not in sys.modules
-
-
-def test_namedtuple_whose_fields_differ_from_the_imported_class_is_a_fresh_class():
-    node = {**flatten(Pair(None, None)).skeleton, "fields": ["second", "first"]}
-    assert type(unflatten(node, lambda n: None)) is not Pair
-
-
-def test_namedtuple_named_after_a_class_that_is_not_a_namedtuple_is_a_fresh_class():
-    node = {"kind": "namedtuple", "name": "OrderedDict", "fields": [], "children": [], "module": "collections"}
-    assert type(unflatten(node, lambda n: None)) is not collections.OrderedDict
-
-
-def test_namedtuple_in_a_module_object_that_is_not_a_plain_module_is_not_looked_up():
-    class Lazy(types.ModuleType):
-        pass
-
-    lazy = Lazy("ckpt_lazy_module")
-    lazy.Pair = collections.namedtuple("Pair", "first second", module="ckpt_lazy_module")
-    sys.modules["ckpt_lazy_module"] = lazy
-    try:
-        node = {**flatten(lazy.Pair(None, None)).skeleton}
-        assert node["module"] == "ckpt_lazy_module"
-        assert type(unflatten(node, lambda n: None)) is not lazy.Pair
-    finally:
-        del sys.modules["ckpt_lazy_module"]
 
 
 def test_namedtuple_fields_equal_after_nfkc_normalisation_are_refused_at_save():
@@ -209,6 +146,28 @@ def test_pytree_node_without_children_is_a_node_without_children():
     }
 
 
-def test_pytree_node_without_children_is_rebuilt_through_its_template():
-    template = flatten({"e": Childless()}, template=True).skeleton
-    assert rebuild(template, lambda n: None) == {"e": Childless()}
+# -------------------------------------------------------------------------- templates
+
+
+def test_a_template_skeleton_is_the_skeleton_of_the_same_tree_saved():
+    tree = {"a": [np.zeros(2, np.float32), (1, "s")], "p": Pair(0.5, None), "e": Childless()}
+    assert flatten_template(tree).skeleton == flatten(tree).skeleton
+
+
+def test_a_template_keeps_its_own_leaves_in_walk_order():
+    w, sds = np.zeros(2, np.float32), jax.ShapeDtypeStruct((3,), jnp.int8)
+    template = flatten_template({"b": [w, 7], "a": Pair(sds, None)})
+    assert [type(like) for like in template.likes] == [np.ndarray, int, jax.ShapeDtypeStruct]
+    assert template.likes[0] is w and template.likes[1] == 7 and template.likes[2] is sds
+
+
+def test_a_template_keeps_a_handle_per_namedtuple_typed_container_and_node_children_first():
+    inner = Pair(None, Childless())
+    outer = collections.OrderedDict(x=inner)
+    template = flatten_template(outer)
+    assert [type(h) for h in template.handles[:2]] == [type(jax.tree_util.tree_structure(Childless())), Pair]
+    assert template.handles[1] is inner and template.handles[2] is outer and len(template.handles) == 3
+
+
+def test_a_plain_dict_list_and_tuple_need_no_handle():
+    assert flatten_template({"a": [(None,)]}).handles == []
