@@ -19,6 +19,7 @@ from ._header import Header
 from ._manifest import Manifest
 from ._manifest_file import ManifestFile
 from ._skeleton import KeyPart, iter_nodes, path_text
+from ._skeleton import keys as keys_of
 
 __all__ = ["Subtree", "agreed_manifest", "lookup_containers", "select"]
 
@@ -85,12 +86,7 @@ def agreed_manifest(file: ManifestFile, header: Header, where: str) -> Manifest:
         if kind == "wrapper":
             stack.append((prefix, node["child"], parent, name, node, "child"))
             continue
-        link, children = (parent, name), node["children"]
-        names = (
-            range(len(children))
-            if kind == "list" or kind == "tuple"
-            else node["fields" if kind == "namedtuple" else "keys"]
-        )
+        link, children, names = (parent, name), node["children"], keys_of(node)
         parts = [str(k) for k in names] if prefix is None else [f"{prefix}{separator}{k}" for k in names]
         extend(
             zip(
