@@ -16,6 +16,7 @@ from typing import Any
 from . import _containers
 from ._compare import Report as Report
 from ._containers import Container as Container
+from ._errors import CheckpointChangedError as CheckpointChangedError
 from ._errors import CheckpointNotFoundError as CheckpointNotFoundError
 from ._errors import CkptSchemaError as CkptSchemaError
 from ._errors import FormatError as FormatError
@@ -45,6 +46,7 @@ _FRAMEWORKS = ("flax", "haiku", "objax")
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointChangedError",
     "CheckpointNotFoundError",
     "CkptSchemaError",
     "Container",

@@ -8,7 +8,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CheckpointNotFoundError", "CkptSchemaError", "FormatError", "IntegrityError", "Issue", "ValidationError"]
+__all__ = [
+    "CheckpointChangedError",
+    "CheckpointNotFoundError",
+    "CkptSchemaError",
+    "FormatError",
+    "IntegrityError",
+    "Issue",
+    "ValidationError",
+]
 
 #: Order in which issue kinds are grouped in messages and reports.
 ISSUE_KINDS = ("missing", "unexpected", "shape", "dtype", "structure", "value", "checksum")
@@ -57,6 +65,17 @@ class CheckpointNotFoundError(FormatError, FileNotFoundError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.args[0], self.filename)
+
+
+class CheckpointChangedError(FormatError):
+    """The checkpoint was replaced while it was being read, and reading it again did not help.
+
+    A load reads one version of a checkpoint: every byte of a file or object comes from the
+    version whose header it read (pinned by ETag or version id on object storage, by file
+    identity on disk), and a sharded load reads the shards its index names. When that
+    version is replaced midway, the load starts over on the new one; this error is raised
+    only when saves keep replacing the checkpoint faster than it can be read.
+    """
 
 
 class IntegrityError(CkptSchemaError):
