@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "lock_if_unused", "remove_if_stale", "remove_stale_temps", "temp_names"]
+__all__ = ["atomic_file", "fsync_directory", "lock_if_unused", "remove_if_stale", "remove_stale_temps", "temp_names"]
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def atomic_file(path: str | os.PathLike[str], *, clean: bool = True) -> Iterator
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 #: Hex digits of the token that makes each temporary name unique.
@@ -170,7 +170,8 @@ def _create_beside(target: str) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {target}")
 
 
-def _fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str) -> None:
+    """Make the names created in or removed from `directory` durable (where directories can be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # some platforms cannot open directories; the rename is still atomic

@@ -12,6 +12,7 @@ from . import _atomic, _digests, _header, _progress, _remote, _shards, _tensors
 from ._errors import CkptSchemaError
 from ._gcpause import gc_paused
 from ._manifest import Manifest
+from ._multihost_save import DEFAULT_SHARD_SIZE, save_across_processes
 from ._opening import PathLike, display_name
 from ._save_plan import SavePlan
 
@@ -34,6 +35,12 @@ def save(
 
     The write is atomic: a reader, or a crash at any instant, sees the old file or the
     new one. Tensors are streamed from their own buffers; nothing concatenates them.
+
+    A tree with arrays that span processes (a ``jax.distributed`` run) is saved by calling
+    ``save(directory, tree)`` in every process: each writes its own blocks, in place, into
+    a sharded checkpoint (the layout of ``max_shard_size=``, default `DEFAULT_SHARD_SIZE`
+    5 GB) on a file system they share, and process 0 commits the index once all have
+    finished; see the multi-host guide.
 
     Args:
         path: the file to write, or an fsspec URL (``s3://bucket/model.safetensors``); with
@@ -69,6 +76,8 @@ def save(
     """
     plan = SavePlan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
     where = os.fspath(path)
+    if plan.spans_processes:
+        return _save_across_processes(where, plan, max_shard_size)
     if max_shard_size is not None:
         if _remote.is_url(path):
             raise CkptSchemaError(f"{path}: sharded saves (max_shard_size=) go to local directories only")
@@ -127,6 +136,7 @@ def dumps(
     if max_shard_size is not None:
         raise CkptSchemaError("dumps makes one file's bytes; max_shard_size= needs save() and a directory")
     plan = SavePlan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    _local_only(plan, "dumps")
     plan.check("<bytes>")
     out = io.BytesIO()
     with _progress.writing(out, sum(a.nbytes for a in plan.arrays), "saving <bytes>", progress) as tracked:
@@ -164,11 +174,35 @@ def manifest_of(
         '71e0a9917356'
     """
     plan = SavePlan(tree, metadata=metadata, separator=separator, framework=framework, checksum=checksum)
+    _local_only(plan, "manifest_of")
     if max_shard_size is not None:
         _shards.parse_size(max_shard_size)
     plan.check("<manifest_of>")
     plan.set_digests([_digests.digest(a, plan.checksum) if plan.checksum else None for a in plan.arrays])
     return plan.manifest()
+
+
+def _save_across_processes(where: str, plan: SavePlan, max_shard_size: int | str | None) -> Manifest:
+    """Every process saves its own blocks of a tree whose arrays span processes (`_multihost_save`)."""
+    if _remote.is_url(where):
+        raise CkptSchemaError(
+            f"{where}: a tree whose arrays span processes is saved in place into a directory on a file system every "
+            f"process shares; saving it to object storage from several processes is not supported"
+        )
+    max_bytes = _shards.parse_size(max_shard_size if max_shard_size is not None else DEFAULT_SHARD_SIZE)
+    plan.check(where, max_bytes)
+    try:
+        return save_across_processes(where, plan, max_bytes)
+    except OSError as e:
+        raise CkptSchemaError(f"{where}: cannot write ({e.strerror or e})") from e
+
+
+def _local_only(plan: SavePlan, what: str) -> None:
+    if plan.spans_processes:
+        raise CkptSchemaError(
+            f"{what} needs every tensor's bytes in this process, but the tree has arrays that span processes; "
+            f"save it with ckptschema.save(directory, tree) called in every process"
+        )
 
 
 def _save_remote(url: str, plan: SavePlan) -> Manifest:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from . import _header, _shards, _tensors
+from ._distributed import spans_processes
 from ._dtypes import DTYPES
 from ._errors import CkptSchemaError
 from ._flatten import flatten
@@ -53,10 +55,18 @@ class SavePlan:
             checksum=checksum,
             skeleton=flat.skeleton,
         )
-        self.arrays = [_tensors.to_numpy(flat.leaves[n["key"]], DTYPES[n["dtype"]], n["key"]) for n in self.nodes]
+        leaves = [flat.leaves[n["key"]] for n in self.nodes]
+        #: Whether some leaf is a `jax.Array` whose devices are not all this process's own.
+        self.spans_processes = any(map(spans_processes, leaves))
+        #: Each tensor as a C-contiguous little-endian numpy array; an array that spans
+        #: processes stays as it is (each process writes its own blocks of it).
+        self.arrays = [
+            leaf if spans_processes(leaf) else _tensors.to_numpy(leaf, DTYPES[n["dtype"]], n["key"])
+            for n, leaf in zip(self.nodes, leaves)
+        ]
         self.layout = [
-            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), a.nbytes)
-            for n, a in zip(self.nodes, self.arrays)
+            (n["key"], DTYPES[n["dtype"]].code, DTYPES[n["dtype"]].header_shape(n["shape"]), _nbytes(n))
+            for n in self.nodes
         ]
         self.placeholders = [PLACEHOLDER_DIGEST if checksum else None for _ in self.nodes]
         self._text: str | None = None
@@ -95,14 +105,14 @@ class SavePlan:
 
     def _check_sharded(self, max_shard_bytes: int) -> None:
         """`check` for a sharded save: the index and every shard's header."""
-        groups = _shards.plan_shards([a.nbytes for a in self.arrays], max_shard_bytes)
+        groups = _shards.plan_shards([size for *_, size in self.layout], max_shard_bytes)
         name = _shards.shard_name(len(groups), len(groups), PLACEHOLDER_DIGEST[:8])
         weight_map: dict[str, str] = {}
         for group in groups:
             _check_header(_header.header_bytes(_header.entries_json(self.layout[i] for i in group), self.metadata))
             weight_map.update((self.nodes[i]["key"], name) for i in group)
         index = io.BytesIO()
-        total = sum(a.nbytes for a in self.arrays)
+        total = sum(size for *_, size in self.layout)
         _shards.write_index(index, self.manifest_text(self.placeholders), total, weight_map)
         check_header_bytes(len(index.getvalue()), "index")
         check_json_values(index.getvalue().decode("utf-8"), "index")
@@ -139,6 +149,11 @@ class SavePlan:
         digests = _tensors.write_file(out, self.header, self.arrays, self.checksum)
         self.set_digests(digests)
         return self.manifest()
+
+
+def _nbytes(node: dict[str, Any]) -> int:
+    """The bytes of a tensor node's data."""
+    return DTYPES[node["dtype"]].numpy.itemsize * math.prod(node["shape"])
 
 
 def _base64(digests: list[str | None]) -> str:
