@@ -59,7 +59,7 @@ class Collective:
         from jax._src import distributed  # the runtime's client: JAX has no public handle on it
 
         self.where = where
-        self.client = distributed.global_state.client
+        self.client: Any = distributed.global_state.client
         if self.client is None:
             raise CkptSchemaError(
                 f"{where}: the tree has arrays that span processes, but jax.distributed is not initialized in "
@@ -96,8 +96,8 @@ class Collective:
                 raise error from None
             raise CkptSchemaError(
                 f"{self.where}: not every process reached step {step!r} of the save within "
-                f"{self.timeout_ms / 1000:g} s ({type(e).__name__}: {_first_line(e)}): a process failed or was killed, or "
-                f"did not call save with the same path; the previous checkpoint is untouched"
+                f"{self.timeout_ms / 1000:g} s ({type(e).__name__}: {_first_line(e)}): a process failed or was "
+                f"killed, or did not call save with the same path; the previous checkpoint is untouched"
             ) from e
         self.steps += 1
         if self.steps == 1 and self.process == 0 and self.number > 0:

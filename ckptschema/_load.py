@@ -78,6 +78,10 @@ def load(
     block, each device getting the bytes of its own block only (with ``verify=True`` the
     whole tensor is read and hashed first).
 
+    In a ``jax.distributed`` run, each process calls `load` with a template whose shardings
+    span processes and reads only its own blocks (no collective runs); without a template
+    every process reads the whole tree onto its default device.
+
     Args:
         path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
         template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -62,7 +63,7 @@ Index = tuple[slice, ...]
 class Block(NamedTuple):
     """One distinct block of a tensor and the process that writes it."""
 
-    index: Index
+    region: Index
     writer: int
 
 
@@ -111,8 +112,7 @@ def save_across_processes(directory: str, plan: SavePlan, max_bytes: int | None)
         paths = [os.path.join(directory, name) for name in _shard_names(token, len(shard_groups))]
         digests: list[str | None] = [None] * len(plan.nodes)
         for step, work in (("written", _write_own), ("hashed", _hash_back)):
-            published = group.together(step, lambda work=work: json.dumps(work(plan, pieces, paths, group.process)))
-            for text in published:
+            for text in group.together(step, functools.partial(_published, work, plan, pieces, paths, group.process)):
                 for i, digest in json.loads(text).items():
                     digests[int(i)] = digest
         group.together("committed", (lambda: created.commit(digests)) if group.process == 0 else lambda: "")
@@ -121,6 +121,11 @@ def save_across_processes(directory: str, plan: SavePlan, max_bytes: int | None)
         raise
     plan.set_digests(digests)
     return plan.manifest()
+
+
+def _published(work: Any, *args: Any) -> str:
+    """The digests a step's `work` computed, as JSON for the other processes."""
+    return json.dumps(work(*args))
 
 
 def _shard_names(token: str, count: int) -> list[str]:
@@ -144,7 +149,7 @@ def _pieces(plan: SavePlan, shard_groups: list[range], headers: list[bytes], pro
             leaf = plan.arrays[i]
             blocks = _blocks(leaf) if spans_processes(leaf) else []
             for block in blocks:
-                load[block.writer] += _nbytes(block.index, leaf.shape, leaf.dtype.itemsize)
+                load[block.writer] += _nbytes(block.region, leaf.shape, leaf.dtype.itemsize)
             pieces[i] = Piece(number, offset, blocks, -1)
             (spread if blocks else whole).append(i)
             offset += plan.layout[i][3]
@@ -250,9 +255,9 @@ def _write_blocks(
     offsets: list[np.ndarray] = []
     lengths: list[int] = []
     for block in blocks:
-        data = _tensors.to_numpy(_block_data(leaf, block.index), dtype, node["key"])
-        octets.append(memoryview(data.reshape(-1).view(np.uint8)))
-        block_offsets, length = block_runs(node["shape"], dtype.numpy.itemsize, block.index)
+        data = _tensors.to_numpy(_block_data(leaf, block.region), dtype, node["key"])
+        octets.append(data.reshape(-1).view(np.uint8).data)
+        block_offsets, length = block_runs(node["shape"], dtype.numpy.itemsize, block.region)
         offsets.append(block_offsets)
         lengths.append(length)
     firsts = np.cumsum([0] + [len(o) for o in offsets])  # run r is run r - firsts[b] of block b
@@ -334,8 +339,10 @@ def _fingerprint(directory: str, plan: SavePlan, shard_groups: list[range], piec
         plan.manifest_text(plan.placeholders),
         plan.metadata,
         [list(members) for members in shard_groups],
-        [(p.shard, p.offset, p.hasher, [(_bounds(b.index, n["shape"]), b.writer) for b in p.blocks]) for p, n in
-         zip(pieces, plan.nodes)],
+        [
+            (p.shard, p.offset, p.hasher, [(_bounds(b.region, n["shape"]), b.writer) for b in p.blocks])
+            for p, n in zip(pieces, plan.nodes)
+        ],
     ]
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 

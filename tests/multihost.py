@@ -17,10 +17,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 #: The partitions of the test tree, by leaf name, over a mesh of ("hosts", "local") axes.
 SPECS = {
@@ -79,7 +79,8 @@ def own_block_bytes(tree: dict) -> int:
     total = 0
     for leaf in tree.values():
         if isinstance(leaf, jax.Array):
-            distinct = {tuple(s.indices(n)[:2] for s, n in zip(shard.index, leaf.shape)) for shard in leaf.addressable_shards}
+            shards = leaf.addressable_shards
+            distinct = {tuple(s.indices(n)[:2] for s, n in zip(shard.index, leaf.shape)) for shard in shards}
             total += sum(int(np.prod([b - a for a, b in bounds])) * leaf.dtype.itemsize for bounds in distinct)
     return total
 
@@ -101,8 +102,11 @@ def scenario_save(directory: str) -> dict:
         ckptschema.save(os.path.join(warm, "w.safetensors"), {"w": np.zeros(4, np.float32), "s": 1})
     before = peak_rss()
     manifest = ckptschema.save(directory, tree, max_shard_size=os.environ.get("SHARD_SIZE", "20KB"))
-    return {"digests": {k: t.digest for k, t in manifest.tensors.items()}, "own": own_block_bytes(tree),
-            "rss_growth": peak_rss() - before}
+    return {
+        "digests": {k: t.digest for k, t in manifest.tensors.items()},
+        "own": own_block_bytes(tree),
+        "rss_growth": peak_rss() - before,
+    }
 
 
 def scenario_load(directory: str) -> dict:
@@ -120,8 +124,21 @@ def scenario_load(directory: str) -> dict:
             for shard in array.addressable_shards:
                 expected = values[name][shard.index]
                 found = np.asarray(shard.data)
-                assert found.dtype == expected.dtype and found.tobytes() == expected.tobytes(), (name, found.dtype, expected.dtype, found.shape, expected.shape)
+                assert found.dtype == expected.dtype and found.tobytes() == expected.tobytes(), name
     return {"read": read, "own": own_block_bytes(loaded), "step": loaded["step"]}
+
+
+def scenario_load_without_template(directory: str) -> dict:
+    """Every process reads the whole checkpoint onto its own default device."""
+    import ckptschema
+
+    loaded = ckptschema.load(directory)
+    values = global_values()
+    for name, value in values.items():
+        array = loaded[name]
+        assert array.is_fully_addressable and array.devices() == {jax.local_devices()[0]}, name
+        assert np.asarray(array).tobytes() == value.tobytes(), name
+    return {"step": loaded["step"]}
 
 
 def scenario_kill_mid_save(directory: str) -> dict:
@@ -182,8 +199,11 @@ def scenario_refusals(directory: str) -> dict:
 def main() -> None:
     scenario, process, count, port, directory = sys.argv[1:6]
     jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=int(count), process_id=int(process),
-        initialization_timeout=60, heartbeat_timeout_seconds=10,
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=int(count),
+        process_id=int(process),
+        initialization_timeout=60,
+        heartbeat_timeout_seconds=10,
     )
     try:
         result = {"ok": globals()[f"scenario_{scenario}"](directory)}

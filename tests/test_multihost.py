@@ -117,6 +117,11 @@ def test_each_process_loads_its_own_blocks_reading_only_its_own_bytes(tmp_path, 
             assert r["ok"]["read"] <= 1.1 * r["ok"]["own"] + headers, r
 
 
+def test_a_load_without_template_gives_every_process_the_whole_tree_on_its_own_device(tmp_path):
+    ckptschema.save(tmp_path / "ckpt", whole_tree(), max_shard_size="20KB")
+    assert run("load_without_template", 2, tmp_path / "ckpt") == [{"ok": {"step": 7}}] * 2
+
+
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, victim):
     ckptschema.save(tmp_path / "ckpt", whole_tree(step=1), max_shard_size="20KB")
