@@ -3,7 +3,9 @@
 `open_source` is the one place that tells the kinds of location apart. A local path must be
 a regular file (a FIFO or device would hang or never end); reads are positioned reads, never
 through mmap unless asked (`Source.map`), so a file truncated by another writer gives an
-error instead of SIGBUS.
+error instead of SIGBUS. `Source.read_runs` fills a batch of buffers at once: a file reads runs
+that touch in the file with one vectored ``os.preadv`` (at most ``IOV_MAX`` buffers a call)
+and spreads a large batch over a few threads.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ class Source(Protocol):
         """Fill `buffer` with the bytes at `offset`, or raise `FormatError`."""
 
     def read_runs(self, runs: Sequence[tuple[int, memoryview]]) -> None:
-        """Fill each buffer with the bytes at its offset; `runs` are sorted by offset and do not overlap."""
+        """Fill each buffer with the bytes at its offset, or raise `FormatError`.
+
+        `runs` are ``(offset, buffer)`` pairs sorted by offset that do not overlap; a source
+        reads them in as few calls as it can (a file: one ``preadv`` for runs that touch).
+        """
 
     def map(self) -> Any:
         """The whole checkpoint as a read-only buffer, without reading it (a memory map)."""
