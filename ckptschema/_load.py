@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import jax
 import numpy as np
 
 from . import _tensors
 from ._agreement import Subtree, lookup_containers, select
+from ._blocks import read_sharded
 from ._compare import Match, compare, raise_or_warn
 from ._dtypes import DTYPES, jax_can_hold
 from ._errors import FormatError
@@ -74,9 +74,13 @@ def load(
     None, namedtuples, FrozenDict, scalars) with `jax.Array` leaves. With a template,
     everything is checked before any tensor is read: structure, paths, shapes, dtypes.
     Nothing is cast or broadcast. The result has the template's own types and each leaf is
-    placed like its template leaf; a leaf sharded over several devices is read block by
-    block, each device getting the bytes of its own block only (with ``verify=True`` the
-    whole tensor is read and hashed first).
+    placed like its template leaf; a leaf sharded over several devices (any
+    `jax.sharding.NamedSharding`: rows, columns, 2-D blocks, replicated) is read block by
+    block: each process reads only the blocks of its own devices, each distinct block once,
+    and no collective runs, so every process of a multi-host mesh loads on its own. With
+    ``verify=True`` such a leaf is read whole (once per process, also when the sharding
+    spans processes: a whole-tensor digest needs the whole tensor) and its devices' blocks
+    are placed from that copy.
 
     In a ``jax.distributed`` run, each process calls `load` with a template whose shardings
     span processes and reads only its own blocks (no collective runs); without a template
@@ -193,7 +197,8 @@ def _values(source: Source, header: Header, matches: list[Match], checksum: str 
     """The value of each match, placed like its template leaf.
 
     A file scalar takes its template leaf's form; a tensor that the template leaf spreads
-    over several devices is read block by block (whole when a `checksum` is to be verified);
+    over several devices is read block by block (`read_sharded`; whole when a `checksum` is
+    to be verified);
     every other tensor is read with the rest in as few calls as the layout allows, or mapped
     when ``mmap`` and its template leaf is a numpy array.
     """
@@ -203,7 +208,7 @@ def _values(source: Source, header: Header, matches: list[Match], checksum: str 
     for i, m in enumerate(matches):
         if m.found["kind"] == "scalar":
             values[i] = scalar_like(scalar_value(m.found), m.like)
-        elif checksum or (sharding := _spread_over(m.like, m.found["dtype"])) is None:
+        elif (sharding := _spread_over(m.like, m.found["dtype"])) is None:
             read.append(i)
         else:
             spread.append((i, sharding))
@@ -213,7 +218,8 @@ def _values(source: Source, header: Header, matches: list[Match], checksum: str 
         values[i] = place(array, node["dtype"], matches[i].like)
     for i, sharding in spread:
         found = matches[i].found
-        values[i] = _read_blocks(source, header.entries[found["key"]], found, sharding)
+        entry, dtype = header.entries[found["key"]], DTYPES[found["dtype"]]
+        values[i] = read_sharded(source, entry, dtype, found["shape"], sharding, found.get("digest"), checksum)
     return values
 
 
@@ -223,25 +229,6 @@ def _spread_over(like: Any, dtype_name: str) -> Any:
     if sharding is not None and len(sharding.device_set) > 1 and jax_can_hold(dtype_name):
         return sharding
     return None
-
-
-def _read_blocks(source: Source, entry: Entry, node: dict[str, Any], sharding: Any) -> jax.Array:
-    """A tensor built shard by shard: each addressable device gets the bytes of its own block.
-
-    Each distinct block is read once (replicas share it); no device's data passes through a
-    whole host copy of the tensor.
-    """
-    dtype, shape = DTYPES[node["dtype"]], tuple(node["shape"])
-    blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
-
-    def block(index: tuple[slice, ...] | None) -> np.ndarray:
-        index = index or ()
-        key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
-        if key not in blocks:
-            blocks[key] = _tensors.read_slice(source, entry, dtype, shape, index)
-        return blocks[key]
-
-    return jax.make_array_from_callback(shape, sharding, block)
 
 
 def _read_tensors(

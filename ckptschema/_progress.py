@@ -77,6 +77,10 @@ class _ReadingSource:
         self._source.read_into(offset, buffer)
         self._advance(buffer.nbytes)
 
+    def read_runs(self, runs: Any) -> None:
+        self._source.read_runs(runs)
+        self._advance(sum(buffer.nbytes for _, buffer in runs))
+
     def map(self) -> Any:
         return self._source.map()
 

@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import os
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,10 @@ class RemoteSource:
 
     def close(self) -> None:
         """Nothing to release: every read is its own request."""
+
+    def read_runs(self, runs: Sequence[tuple[int, memoryview]]) -> None:
+        for offset, buffer in runs:
+            self.read_into(offset, buffer)
 
 
 def write(url: str, header_for: Any, arrays: list[np.ndarray], checksum: str | None) -> list[str | None]:

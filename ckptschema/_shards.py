@@ -200,6 +200,21 @@ class ShardedSource:
                 raise FormatError(f"{shard.name}: a read runs past the end of the shard")
             shard.read_into(start, buffer)
 
+    def read_runs(self, runs: Sequence[tuple[int, memoryview]]) -> None:
+        """Fill each buffer from its offset, one `FileSource.read_runs` batch per shard (no tensor crosses shards)."""
+        done = 0
+        while done < len(runs):
+            i = bisect.bisect_right(self.bases, runs[done][0]) - 1
+            end = self.bases[i + 1] if i + 1 < len(self.bases) else self.size
+            stop = done
+            while stop < len(runs) and runs[stop][0] < end:
+                stop += 1
+            with self.shard(i) as shard:
+                if runs[stop - 1][0] + runs[stop - 1][1].nbytes > end:  # pragma: no cover - entries lie in their shard
+                    raise FormatError(f"{shard.name}: a read runs past the end of the shard")
+                shard.read_runs([(offset - self.bases[i], buffer) for offset, buffer in runs[done:stop]])
+            done = stop
+
     def map(self) -> Any:
         raise CkptSchemaError(f"{self.name}: mmap=True is not supported for sharded checkpoints")
 

@@ -1,17 +1,16 @@
-"""Tensor bytes: read into aligned arrays (coalesced, threaded, sliced, mapped) and written with their digests.
+"""Tensor bytes: read into aligned arrays (coalesced, in blocks, mapped) and written with their digests.
 
-Tensor bytes are read with positioned reads into fresh, 64-byte aligned buffers (a large
-load on several threads). Writing streams each tensor from its own buffer, hashing on other
-threads while the main thread writes; `_atomic.atomic_file` makes the file appear whole or
-not at all.
+Tensor bytes are read with positioned reads into fresh, 64-byte aligned buffers, as one batch
+of runs per load (`Source.read_runs`: vectored, and on several threads when large); a block of
+a tensor (`read_blocks`) is read as its runs of contiguous elements, never as a span covering
+it. Writing streams each tensor from its own buffer, hashing on other threads while the main
+thread writes; `_atomic.atomic_file` makes the file appear whole or not at all.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import math
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any, BinaryIO, NoReturn
 
@@ -24,7 +23,7 @@ from ._format import PLACEHOLDER_DIGEST, as_bytes
 from ._header import Entry
 from ._sources import Source
 
-__all__ = ["aligned_empty", "read_slice", "read_tensor", "read_tensors", "to_numpy", "verify", "write_file"]
+__all__ = ["aligned_empty", "read_blocks", "read_tensor", "read_tensors", "to_numpy", "verify", "write_file"]
 
 _ALIGN = 64
 _HASH_IN_THREAD = 64 << 10  # tensors this large are hashed on other cores while writing
@@ -51,10 +50,6 @@ def read_tensor(source: Source, entry: Entry, dtype: DType, shape: Sequence[int]
 _SMALL_TENSOR = 1 << 20
 #: Most bytes one coalesced read covers.
 _MAX_RUN = 16 << 20
-#: Loads of at least this many bytes are read by `_READ_WORKERS` threads, `_READ_CHUNK` at a time.
-_PARALLEL_READ = 32 << 20
-_READ_CHUNK = 8 << 20
-_READ_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
@@ -62,7 +57,8 @@ def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[i
 
     Large tensors get their own 64-byte aligned buffer, which JAX can alias. Runs of small
     tensors that lie next to each other in the file are read with one call into one buffer
-    and handed out as views of it, so 20,000 tiny leaves cost a few reads, not 20,000.
+    and handed out as views of it, so 20,000 tiny leaves cost a few reads, not 20,000. All
+    the buffers are filled by one `Source.read_runs` call.
     """
     wanted = list(wanted)
     arrays: list[Any] = [None] * len(wanted)
@@ -94,70 +90,106 @@ def read_tensors(source: Source, wanted: Iterable[tuple[Entry, DType, Sequence[i
         run.append(i)
     if run:
         flush()
-    _read_all(source, reads)
+    source.read_runs(reads)
     for (entry, dtype, _), array in zip(wanted, arrays):
         check_bits(source, entry, dtype, array)
     return arrays
 
 
-def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
-    """Fill each buffer from its offset; a large load on several threads.
-
-    Most of the time of reading a warm file into fresh buffers goes to the kernel copying
-    and faulting in the destination pages; ``preadv`` releases the GIL, so threads that
-    read different chunks do that on every core.
-    """
-    if _READ_WORKERS < 2 or sum(len(buffer) for _, buffer in reads) < _PARALLEL_READ:
-        for offset, buffer in reads:
-            source.read_into(offset, buffer)
-        return
-    step = _READ_CHUNK
-    chunks = [(offset + i, buffer[i : i + step]) for offset, buffer in reads for i in range(0, len(buffer), step)]
-    with concurrent.futures.ThreadPoolExecutor(_READ_WORKERS) as pool:
-        for _ in pool.map(lambda chunk: source.read_into(*chunk), chunks):
-            pass
-
-
-#: A slice read as more separate runs than this is read as the one span covering them.
-_MAX_RUNS = 256
-
-
-def read_slice(
-    source: Source, entry: Entry, dtype: DType, shape: Sequence[int], index: tuple[slice, ...]
-) -> np.ndarray:
-    """The block ``array[index]`` of a stored C-order tensor, reading only its bytes.
+def read_blocks(
+    source: Source, entry: Entry, dtype: DType, shape: Sequence[int], indices: Sequence[tuple[slice, ...]]
+) -> list[np.ndarray]:
+    """The blocks ``array[index]`` of a stored C-order tensor, one for each index, reading only their bytes.
 
     A block is a set of runs of contiguous elements (one run when only the first axis is
-    cut); each run is read straight into its place in a fresh aligned array. A block of
-    more than `_MAX_RUNS` runs is read as the span from its first to its last element,
-    which costs fewer calls, then copied out.
+    cut, one per row when the last axis is); each run is read straight into its place in
+    the block's fresh 64-byte aligned array. The runs of all the blocks go to one
+    `Source.read_runs` call, sorted by offset, so runs of different blocks that touch in the
+    file (row ``r`` of a column block ends where row ``r`` of the next begins) share one
+    vectored read. Nothing outside the blocks is read. Equal indices (replicas) give the same
+    array, read once. An index may be shorter than the shape; its slices must have step 1.
+
+    Raises:
+        FormatError: if the file ends early, or a block of a dtype narrower than a byte has bits
+            set above its width (naming the file byte).
+
+    Example:
+        >>> import ckptschema, numpy as np
+        >>> from ckptschema import _header, _sources
+        >>> from ckptschema._dtypes import DTYPES
+        >>> source = _sources.BytesSource(ckptschema.dumps({"w": np.arange(12, dtype=np.int32).reshape(3, 4)}))
+        >>> entry = _header.read_header(source).entries["w"]
+        >>> [b.tolist() for b in read_blocks(source, entry, DTYPES["int32"], (3, 4), [(slice(0, 2), slice(1, 3))])]
+        [[[1, 2], [5, 6]]]
     """
     shape = tuple(shape)
-    bounds = [s.indices(n)[:2] for s, n in zip(index, shape)] + [(0, n) for n in shape[len(index) :]]
-    sub = tuple(max(stop - start, 0) for start, stop in bounds)
     itemsize = dtype.numpy.itemsize
     strides = [itemsize * math.prod(shape[i + 1 :]) for i in range(len(shape))]
-    out = aligned_empty(math.prod(sub) * itemsize)
-    if out.nbytes:
-        cut = max((i for i, (b, n) in enumerate(zip(bounds, shape)) if b != (0, n)), default=-1)
-        outer = [range(start, stop) for start, stop in bounds[: max(cut, 0)]]
-        first = sum(start * stride for (start, _), stride in zip(bounds, strides))
-        run = out.nbytes // max(math.prod(len(r) for r in outer), 1)
-        if math.prod(len(r) for r in outer) <= _MAX_RUNS:
-            for n, position in enumerate(itertools.product(*outer)):
-                offset = sum((i - start) * stride for i, (start, _), stride in zip(position, bounds, strides))
-                source.read_into(entry.start + first + offset, out[n * run : (n + 1) * run].data)
-        else:
-            last = sum((stop - 1) * stride for (_, stop), stride in zip(bounds, strides)) + itemsize
-            span = aligned_empty(last - first)
-            source.read_into(entry.start + first, span.data)
-            block = np.lib.stride_tricks.as_strided(span.view(dtype.numpy), sub, strides)
-            out.view(dtype.numpy).reshape(sub)[...] = block
-    if dtype.bits is not None and (out >> dtype.bits).any():
-        bad = np.unravel_index(int(np.argmax(out >> dtype.bits)), sub)
-        flat = int(np.ravel_multi_index(tuple(i + start for i, (start, _) in zip(bad, bounds)), shape))
-        _refuse_bits(source, entry, dtype, flat)
-    return out.view(dtype.numpy).reshape(sub)
+    blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+    runs: list[tuple[np.ndarray, int, memoryview]] = []  # of each block read: its runs' offsets and size
+    for index in indices:
+        bounds = _bounds(index, shape)
+        if bounds not in blocks:
+            blocks[bounds] = out = aligned_empty(math.prod(stop - start for start, stop in bounds) * itemsize)
+            if out.nbytes:
+                offsets = _run_offsets(bounds, shape, strides) + entry.start
+                runs.append((offsets, out.nbytes // len(offsets), out.data))
+    for batch in _batches(runs):
+        source.read_runs(batch)
+    arrays = []
+    for index in indices:
+        bounds = _bounds(index, shape)
+        out, sub = blocks[bounds], tuple(stop - start for start, stop in bounds)
+        if dtype.bits is not None and (out >> dtype.bits).any():
+            bad = np.unravel_index(int(np.argmax(out >> dtype.bits)), sub)
+            flat = int(np.ravel_multi_index(tuple(i + start for i, (start, _) in zip(bad, bounds)), shape))
+            _refuse_bits(source, entry, dtype, flat)
+        arrays.append(out.view(dtype.numpy).reshape(sub))
+    return arrays
+
+
+def _batches(blocks: list[tuple[np.ndarray, int, memoryview]]) -> list[list[tuple[int, memoryview]]]:
+    """The runs of `blocks` (each: its runs' offsets, the size of each, its buffer) as `Source.read_runs`
+    batches: one, sorted by offset, unless blocks overlap (then one per block)."""
+    if not blocks:
+        return []
+    start = np.concatenate([offsets for offsets, _, _ in blocks])
+    owner = np.repeat(np.arange(len(blocks)), [len(offsets) for offsets, _, _ in blocks])
+    size = np.asarray([n for _, n, _ in blocks], np.int64)[owner]
+    within = np.concatenate([np.arange(len(offsets), dtype=np.int64) * n for offsets, n, _ in blocks])
+    order = np.argsort(start, kind="stable")
+    if np.all(start[order][1:] >= (start + size)[order][:-1]):
+        batches = [order]
+    else:  # blocks that overlap without being equal (never those of a sharding)
+        batches = np.split(np.arange(len(start)), np.cumsum([len(offsets) for offsets, _, _ in blocks])[:-1])
+    buffers = [buffer for _, _, buffer in blocks]
+    return [
+        [(o, buffers[b][w : w + n]) for o, b, w, n in zip(*(a[batch].tolist() for a in (start, owner, within, size)))]
+        for batch in batches
+    ]
+
+
+def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of `index` on each axis of `shape` (a missing slice is the whole axis)."""
+    bounds = []
+    for axis, n in enumerate(shape):
+        start, stop, step = (index[axis] if axis < len(index) else slice(None)).indices(n)
+        if step != 1:
+            raise ValueError(f"block index {index!r} has a step; only blocks of step 1 are read")
+        bounds.append((start, max(start, stop)))
+    return tuple(bounds)
+
+
+def _run_offsets(bounds: tuple[tuple[int, int], ...], shape: tuple[int, ...], strides: list[int]) -> np.ndarray:
+    """The byte offset in the tensor of each run of a block, in C order of the block.
+
+    The runs end at the last axis the block cuts: it and every axis after it lie inside one run.
+    """
+    cut = max((i for i, (b, n) in enumerate(zip(bounds, shape)) if b != (0, n)), default=0)
+    offsets = np.array(sum(start * stride for (start, _), stride in zip(bounds[cut:], strides[cut:])), np.int64)
+    for (start, stop), stride in zip(bounds[:cut], strides[:cut]):
+        offsets = offsets[..., None] + np.arange(start, stop, dtype=np.int64) * stride
+    return offsets.reshape(-1)
 
 
 def map_tensors(source: Source, buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:

@@ -109,13 +109,13 @@ def test_sub_byte_value_with_high_bits_set_is_refused_in_a_shard_naming_it(tmp_p
     assert str(e.value) == _refusal(str(shard), "w", "uint2", len(data) - 1)
 
 
-def test_sub_byte_block_with_high_bits_set_is_refused_when_read_as_a_slice():
+def test_sub_byte_block_with_high_bits_set_is_refused_when_read_as_a_block():
     data = bytearray(ckptschema.dumps({"w": np.zeros((4, 4), DTYPES["float6_e2m3fn"].numpy)}))
     data[-3] = 0x40  # element (3, 1)
     source = _sources.BytesSource(bytes(data))
     entry = _header.read_header(source).entries["w"]
     with pytest.raises(ckptschema.FormatError) as e:
-        _tensors.read_slice(source, entry, DTYPES["float6_e2m3fn"], (4, 4), (slice(2, 4), slice(0, 2)))
+        _tensors.read_blocks(source, entry, DTYPES["float6_e2m3fn"], (4, 4), [(slice(2, 4), slice(0, 2))])
     assert str(e.value) == _refusal("<bytes>", "w", "float6_e2m3fn", len(data) - 3)
 
 

@@ -198,6 +198,7 @@ _BYTE_LAYER = (
     "ckptschema._shards",
     "ckptschema._remote",
     "ckptschema._atomic",
+    "ckptschema._blocks",
 )
 
 

@@ -370,3 +370,18 @@ def test_sharded_checkpoint_gives_back_its_user_metadata(tmp_path):
     tree = {"a": np.zeros(16, np.float32), "b": np.ones(16, np.float32)}
     saved = ckptschema.save(tmp_path / "ckpt", tree, metadata={"run": "7"}, max_shard_size=64)
     assert saved.metadata == {"run": "7"} == ckptschema.read_manifest(tmp_path / "ckpt").metadata
+
+
+def test_a_batch_of_runs_over_several_shards_reads_each_from_its_shard(tmp_path):
+    tree = {"a": np.arange(40, dtype=np.int16), "b": np.arange(50, dtype=np.int32), "c": np.arange(30, dtype=np.int8)}
+    ckptschema.save(tmp_path, tree, max_shard_size=100)
+    source, header = open_sharded(tmp_path)
+    try:
+        entries = [header.entries[key] for key in sorted(tree, key=lambda k: header.entries[k].start)]
+        assert len({source.locate(entry.start)[0] for entry in entries}) == 3
+        runs = [(entry.start + 2, memoryview(bytearray(entry.nbytes - 4))) for entry in entries]
+        source.read_runs(runs)
+    finally:
+        source.close()
+    for entry, (_, buffer) in zip(entries, runs):
+        assert bytes(buffer) == tree[entry.key].tobytes()[2:-2]

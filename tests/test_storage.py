@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -62,14 +63,68 @@ def test_large_tensors_get_their_own_aligned_buffer():
     assert_same_array(array, big)
 
 
-class _ThreadRecordingSource(_sources.FileSource):
-    def __init__(self, path: object) -> None:
-        super().__init__(path)  # type: ignore[arg-type]
-        self.reads: list[tuple[int, int, int]] = []
+def _recording_preadv(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Record ``(offset, bytes, thread)`` of every ``os.preadv`` call."""
+    calls: list[tuple[int, int, int]] = []
+    real = os.preadv
 
-    def read_into(self, offset: int, buffer: memoryview) -> None:
-        self.reads.append((offset, len(buffer), threading.get_ident()))
-        super().read_into(offset, buffer)
+    def recording(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append((offset, sum(len(b) for b in buffers), threading.get_ident()))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", recording)
+    return calls
+
+
+def _runs(sizes_at: list[tuple[int, int]]) -> list[tuple[int, memoryview]]:
+    return [(offset, memoryview(bytearray(size))) for offset, size in sizes_at]
+
+
+def test_runs_adjacent_in_the_file_are_one_preadv_and_a_gap_starts_another(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(bytes(range(32)))
+    source = _sources.FileSource(tmp_path / "f")
+    calls = _recording_preadv(monkeypatch)
+    where = [(0, 4), (4, 4), (12, 2), (14, 0), (14, 3)]
+    runs = _runs(where)
+    source.read_runs(runs)
+    assert [(offset, n) for offset, n, _ in calls] == [(0, 8), (12, 5)]
+    assert [bytes(buffer) for _, buffer in runs] == [bytes(range(i, i + n)) for i, n in where]
+
+
+def test_a_preadv_call_takes_at_most_iov_max_buffers(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(bytes(range(32)))
+    source = _sources.FileSource(tmp_path / "f")
+    monkeypatch.setattr(_sources, "_IOV_MAX", 3)
+    calls = _recording_preadv(monkeypatch)
+    runs = _runs([(i, 1) for i in range(7)])
+    source.read_runs(runs)
+    assert [(offset, n) for offset, n, _ in calls] == [(0, 3), (3, 3), (6, 1)]
+    assert b"".join(bytes(buffer) for _, buffer in runs) == bytes(range(7))
+
+
+def test_short_preadv_reads_are_resumed_where_they_stopped(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(bytes(range(64)))
+    source = _sources.FileSource(tmp_path / "f")
+    real = os.preadv
+
+    def three_bytes_at_most(fd: int, buffers: list[memoryview], offset: int) -> int:
+        return real(fd, [buffers[0][:3]], offset)  # what a kernel may do: fewer bytes than asked
+
+    monkeypatch.setattr(os, "preadv", three_bytes_at_most)
+    where = [(1, 5), (6, 2), (8, 7), (40, 10)]
+    runs = _runs(where)
+    source.read_runs(runs)
+    assert [bytes(buffer) for _, buffer in runs] == [bytes(range(i, i + n)) for i, n in where]
+
+
+def test_runs_past_the_end_of_the_file_are_a_format_error(tmp_path):
+    (tmp_path / "f").write_bytes(bytes(16))
+    source = _sources.FileSource(tmp_path / "f")
+    with pytest.raises(ckptschema.FormatError) as e:
+        source.read_runs(_runs([(8, 4), (12, 8)]))
+    assert str(e.value) == (
+        f"{tmp_path / 'f'}: file ended at byte 16, expected 4 more bytes (was it truncated while being read?)"
+    )
 
 
 def _large_file(tmp_path: object) -> tuple[object, dict[str, np.ndarray]]:
@@ -79,16 +134,16 @@ def _large_file(tmp_path: object) -> tuple[object, dict[str, np.ndarray]]:
     return path, tree
 
 
-def test_large_loads_are_read_in_chunks_on_several_threads_and_come_back_exact(tmp_path):
+def test_large_loads_are_read_in_chunks_on_several_threads_and_come_back_exact(tmp_path, monkeypatch):
     path, tree = _large_file(tmp_path)
-    source = _ThreadRecordingSource(path)
+    source = _sources.FileSource(path)
     header = _header.read_header(source)
-    source.reads.clear()
+    reads = _recording_preadv(monkeypatch)
     wanted = [(header.entries[k], DTYPES[str(a.dtype)], a.shape) for k, a in tree.items()]
     arrays = _tensors.read_tensors(source, wanted)
-    assert max(n for _, n, _ in source.reads) == _tensors._READ_CHUNK
-    assert sum(n for _, n, _ in source.reads) == sum(a.nbytes for a in tree.values())
-    assert len({thread for _, _, thread in source.reads}) == min(_tensors._READ_WORKERS, len(source.reads))
+    assert max(n for _, n, _ in reads) == _sources._READ_CHUNK
+    assert sum(n for _, n, _ in reads) == sum(a.nbytes for a in tree.values())
+    assert len({thread for _, _, thread in reads}) == min(_sources._READ_WORKERS, len(reads))
     for array, expected in zip(arrays, tree.values()):
         assert_same_array(array, expected)
 
