@@ -174,43 +174,12 @@ def _blocks(array: Any) -> list[Block]:
     """The distinct blocks of an array that spans processes, each with the first process holding it."""
     found: dict[tuple[tuple[int, int], ...], Block] = {}
     for device, index in array.sharding.devices_indices_map(array.shape).items():
-        found.setdefault(_bounds(index, array.shape), Block(index, device.process_index))
+        found.setdefault(_tensors.block_bounds(index, array.shape), Block(index, device.process_index))
     return list(found.values())
 
 
-def _bounds(index: Index, shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """A block's ``(start, stop)`` on every axis (the whole axis where `index` has no slice)."""
-    return tuple(s.indices(n)[:2] for s, n in zip(index, shape)) + tuple((0, n) for n in shape[len(index) :])
-
-
 def _nbytes(index: Index, shape: Sequence[int], itemsize: int) -> int:
-    return itemsize * math.prod(max(stop - start, 0) for start, stop in _bounds(index, shape))
-
-
-def block_runs(shape: Sequence[int], itemsize: int, index: Index) -> tuple[np.ndarray, int]:
-    """The runs of contiguous bytes that block ``array[index]`` of a C-order array occupies.
-
-    Returns the byte offset of each run from the array's first byte, in the block's own
-    C order, and the length in bytes that every run has.
-
-    Example:
-        >>> offsets, length = block_runs((4, 6), 4, (slice(1, 3), slice(2, 4)))
-        >>> offsets.tolist(), length
-        ([32, 56], 8)
-    """
-    if not shape:
-        return np.zeros(1, np.int64), itemsize
-    bounds = _bounds(index, shape)
-    sizes = [max(stop - start, 0) for start, stop in bounds]
-    if math.prod(sizes) == 0:
-        return np.zeros(0, np.int64), 0
-    strides = [itemsize * math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
-    cut = max((axis for axis, (b, n) in enumerate(zip(bounds, shape)) if b != (0, n)), default=0)
-    offsets = np.array([bounds[cut][0] * strides[cut]], np.int64)
-    for axis in range(cut - 1, -1, -1):
-        start, stop = bounds[axis]
-        offsets = np.add.outer(np.arange(start, stop, dtype=np.int64) * strides[axis], offsets).ravel()
-    return offsets, itemsize * math.prod(sizes[cut:])
+    return itemsize * math.prod(stop - start for start, stop in _tensors.block_bounds(index, shape))
 
 
 def _write_own(plan: SavePlan, pieces: list[Piece], paths: list[str], process: int) -> dict[int, str]:
@@ -257,7 +226,7 @@ def _write_blocks(
     for block in blocks:
         data = _tensors.to_numpy(_block_data(leaf, block.region), dtype, node["key"])
         octets.append(data.reshape(-1).view(np.uint8).data)
-        block_offsets, length = block_runs(node["shape"], dtype.numpy.itemsize, block.region)
+        block_offsets, length = _tensors.block_runs(node["shape"], dtype.numpy.itemsize, block.region)
         offsets.append(block_offsets)
         lengths.append(length)
     firsts = np.cumsum([0] + [len(o) for o in offsets])  # run r is run r - firsts[b] of block b
@@ -304,9 +273,9 @@ def _block_data(leaf: Any, index: Index) -> Any:
     """The data of block `index` of a leaf, from this process's own copy of it."""
     if index == ():
         return leaf
-    wanted = _bounds(index, leaf.shape)
+    wanted = _tensors.block_bounds(index, leaf.shape)
     for shard in leaf.addressable_shards:
-        if _bounds(shard.index, leaf.shape) == wanted:
+        if _tensors.block_bounds(shard.index, leaf.shape) == wanted:
             return shard.data
     raise AssertionError(f"no addressable shard holds block {wanted}")  # pragma: no cover - planned from the sharding
 
@@ -340,7 +309,7 @@ def _fingerprint(directory: str, plan: SavePlan, shard_groups: list[range], piec
         plan.metadata,
         [list(members) for members in shard_groups],
         [
-            (p.shard, p.offset, p.hasher, [(_bounds(b.region, n["shape"]), b.writer) for b in p.blocks])
+            (p.shard, p.offset, p.hasher, [(_tensors.block_bounds(b.region, n["shape"]), b.writer) for b in p.blocks])
             for p, n in zip(pieces, plan.nodes)
         ],
     ]

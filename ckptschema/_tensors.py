@@ -124,21 +124,20 @@ def read_blocks(
     """
     shape = tuple(shape)
     itemsize = dtype.numpy.itemsize
-    strides = [itemsize * math.prod(shape[i + 1 :]) for i in range(len(shape))]
     blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
     runs: list[tuple[np.ndarray, int, memoryview]] = []  # of each block read: its runs' offsets and size
     for index in indices:
-        bounds = _bounds(index, shape)
+        bounds = block_bounds(index, shape)
         if bounds not in blocks:
             blocks[bounds] = out = aligned_empty(math.prod(stop - start for start, stop in bounds) * itemsize)
             if out.nbytes:
-                offsets = _run_offsets(bounds, shape, strides) + entry.start
-                runs.append((offsets, out.nbytes // len(offsets), out.data))
+                offsets, size = block_runs(shape, itemsize, index)
+                runs.append((offsets + entry.start, size, out.data))
     for batch in _batches(runs):
         source.read_runs(batch)
     arrays = []
     for index in indices:
-        bounds = _bounds(index, shape)
+        bounds = block_bounds(index, shape)
         out, sub = blocks[bounds], tuple(stop - start for start, stop in bounds)
         if dtype.bits is not None and (out >> dtype.bits).any():
             bad = np.unravel_index(int(np.argmax(out >> dtype.bits)), sub)
@@ -169,8 +168,13 @@ def _batches(blocks: list[tuple[np.ndarray, int, memoryview]]) -> list[list[tupl
     ]
 
 
-def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-    """``(start, stop)`` of `index` on each axis of `shape` (a missing slice is the whole axis)."""
+def block_bounds(index: tuple[slice, ...], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of `index` on each axis of `shape` (a missing slice is the whole axis).
+
+    Example:
+        >>> block_bounds((slice(2, None),), (6, 4))
+        ((2, 6), (0, 4))
+    """
     bounds = []
     for axis, n in enumerate(shape):
         start, stop, step = (index[axis] if axis < len(index) else slice(None)).indices(n)
@@ -180,16 +184,30 @@ def _bounds(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int
     return tuple(bounds)
 
 
-def _run_offsets(bounds: tuple[tuple[int, int], ...], shape: tuple[int, ...], strides: list[int]) -> np.ndarray:
-    """The byte offset in the tensor of each run of a block, in C order of the block.
+def block_runs(shape: Sequence[int], itemsize: int, index: tuple[slice, ...]) -> tuple[np.ndarray, int]:
+    """The runs of contiguous bytes that block ``array[index]`` of a C-order array occupies.
 
-    The runs end at the last axis the block cuts: it and every axis after it lie inside one run.
+    Returns the byte offset of each run from the array's first byte, in the block's own C
+    order, and the length that every run has. The runs end at the last axis the block
+    cuts: it and every axis after it lie inside one run. An empty block has no runs.
+
+    Example:
+        >>> offsets, length = block_runs((4, 6), 4, (slice(1, 3), slice(2, 4)))
+        >>> offsets.tolist(), length
+        ([32, 56], 8)
     """
+    shape = tuple(shape)
+    bounds = block_bounds(index, shape)
+    nbytes = itemsize * math.prod(stop - start for start, stop in bounds)
+    if nbytes == 0:
+        return np.zeros(0, np.int64), 0
+    strides = [itemsize * math.prod(shape[i + 1 :]) for i in range(len(shape))]
     cut = max((i for i, (b, n) in enumerate(zip(bounds, shape)) if b != (0, n)), default=0)
     offsets = np.array(sum(start * stride for (start, _), stride in zip(bounds[cut:], strides[cut:])), np.int64)
     for (start, stop), stride in zip(bounds[:cut], strides[:cut]):
         offsets = offsets[..., None] + np.arange(start, stop, dtype=np.int64) * stride
-    return offsets.reshape(-1)
+    offsets = offsets.reshape(-1)
+    return offsets, nbytes // len(offsets)
 
 
 def map_tensors(source: Source, buffer: Any, wanted: Iterable[tuple[Entry, DType, Sequence[int]]]) -> list[np.ndarray]:
