@@ -115,7 +115,7 @@ class RemoteSource:
         self._pin = _s3.pin(info) if _s3.is_s3(self.fs) else {}
         self._version = _version(info)
         #: What this source reads: the S3 ETag/VersionId, else the size and version fields.
-        self.version: str = ", ".join(f"{k} {v}" for k, v in (self._pin.items() if self._pin else self._version))
+        self.version = _s3.describe(self._pin) if self._pin else ", ".join(f"{k} {v}" for k, v in self._version)
 
     def _info(self, doing: str) -> dict[str, Any]:
         self.fs.invalidate_cache(self.path)

@@ -27,7 +27,7 @@ from typing import Any
 
 from ._errors import CheckpointChangedError
 
-__all__ = ["PART_SIZE", "abort_stale", "delete", "get_range", "is_s3", "pin", "stale_after", "upload"]
+__all__ = ["PART_SIZE", "abort_stale", "delete", "describe", "get_range", "is_s3", "pin", "stale_after", "upload"]
 
 #: Bytes of each part of a multipart upload (S3 needs at least 5 MiB but for the last part).
 PART_SIZE = 16 << 20
@@ -101,10 +101,19 @@ async def get_range(
     return data
 
 
+def describe(pinned: dict[str, str]) -> str:
+    """The version `pinned` names, for messages.
+
+    Example:
+        >>> describe({"IfMatch": '"abc"', "VersionId": "v1"})
+        'ETag "abc", VersionId v1'
+    """
+    return ", ".join(f"{'ETag' if k == 'IfMatch' else k} {v}" for k, v in pinned.items())
+
+
 def _changed(url: str, pinned: dict[str, str], found: str) -> CheckpointChangedError:
-    opened = ", ".join(f"{k.removeprefix('If').replace('Match', 'ETag')} {v}" for k, v in pinned.items())
     return CheckpointChangedError(
-        f"{url}: the object was replaced while being read (opened as {opened}; found {found}); "
+        f"{url}: the object was replaced while being read (opened as {describe(pinned)}; found {found}); "
         f"nothing read from it is used: load it again"
     )
 
