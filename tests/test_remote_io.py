@@ -415,12 +415,12 @@ def test_an_interrupted_save_aborts_its_upload(bucket, proxy):
 
 
 def test_a_save_aborts_the_uploads_killed_saves_left_for_the_same_key_only(bucket, monkeypatch):
-    monkeypatch.setattr(_s3, "stale_after", lambda timeout: 1.0)  # instead of an hour
+    monkeypatch.setattr(_s3, "stale_after", lambda timeout: 2.0)  # instead of an hour (moto keeps whole seconds)
     fs, key = _s3fs(), "model.safetensors"
     killed = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
     fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=killed, PartNumber=1, Body=b"x" * 100)
     other_key = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key + ".other")["UploadId"]
-    time.sleep(1.5)
+    time.sleep(3.2)
     running = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
     # moto reports one fixed date as every upload's start, so a part shows the running upload is alive
     fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=running, PartNumber=1, Body=b"y" * 100)
