@@ -17,12 +17,25 @@ from typing import Any, TypeVar
 
 from ._errors import CkptSchemaError, FormatError
 
-__all__ = ["ENV_CONCURRENCY", "ENV_TIMEOUT", "Settings", "discard", "discards", "filesystem", "gather", "is_async", "no_answer", "run", "settings"]
+__all__ = [
+    "ENV_CONCURRENCY",
+    "ENV_TIMEOUT",
+    "Settings",
+    "discard",
+    "discards",
+    "filesystem",
+    "gather",
+    "is_async",
+    "no_answer",
+    "run",
+    "settings",
+]
 
 T = TypeVar("T")
 
 ENV_CONCURRENCY = "CKPTSCHEMA_REMOTE_CONCURRENCY"
 ENV_TIMEOUT = "CKPTSCHEMA_REMOTE_TIMEOUT"
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:

@@ -1,4 +1,4 @@
-"""Checkpoints behind fsspec URLs (``s3://``, ``gs://``, ``memory://``, ...): pinned, concurrent ranged reads and whole uploads.
+"""Checkpoints behind fsspec URLs (``s3://``, ``gs://``, ``memory://``, ...): pinned concurrent reads, whole uploads.
 
 A `RemoteSource` records the object's version when it is opened, and every byte it reads
 is of that version (on S3 each GET carries ``IfMatch``/``VersionId``, see `_s3`; on other
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import posixpath
@@ -179,6 +180,8 @@ class RemoteSource:
                 data = await asyncio.wait_for(get, timeout)
             except CkptSchemaError:
                 raise
+            except FileNotFoundError as e:
+                raise self._gone(start) from e
             except TimeoutError as e:
                 raise FormatError(_fsio.no_answer(self.name, timeout, f"read failed at byte {start}")) from e
             except Exception as e:  # network errors of every store
@@ -187,6 +190,12 @@ class RemoteSource:
             _scatter(data, start, members, offsets)
 
         return call
+
+    def _gone(self, start: int) -> CheckpointChangedError:
+        return CheckpointChangedError(
+            f"{self.name}: the object was removed or replaced while being read (gone at byte {start}); "
+            f"nothing read from it is used: load it again"
+        )
 
     def _check_length(self, start: int, end: int, data: bytes) -> None:
         if len(data) != end - start:
@@ -200,6 +209,8 @@ class RemoteSource:
             start, end, members = request
             try:
                 data = self.fs.cat_file(self.path, start=start, end=end)
+            except FileNotFoundError as e:
+                raise self._gone(start) from e
             except Exception as e:  # errors of every store
                 raise FormatError(f"{self.name}: read failed at byte {start} ({type(e).__name__}: {e})") from e
             self._check_length(start, end, data)
@@ -266,10 +277,8 @@ def upload(url: str, pieces: Sequence[bytes | bytearray | memoryview | np.ndarra
 
 async def _upload_s3(fs: Any, path: str, views: list[memoryview], config: _fsio.Settings) -> None:
     await _s3.upload(fs, path, views, config.concurrency, config.timeout)
-    try:
+    with contextlib.suppress(Exception):  # best effort (listing may be denied); the lifecycle rule is the backstop
         await _s3.abort_stale(fs, path, config.timeout)
-    except Exception:  # best effort (ListMultipartUploads may be denied); the lifecycle rule is the backstop
-        pass
 
 
 def _upload_elsewhere(fs: Any, path: str, views: list[memoryview]) -> None:

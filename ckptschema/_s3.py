@@ -19,6 +19,7 @@ their concurrency and deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import io
 import math
@@ -78,18 +79,14 @@ def _code(error: BaseException) -> str | None:
 _CHANGED_CODES = {"PreconditionFailed", "412", "NoSuchKey", "NoSuchVersion", "404"}
 
 
-async def get_range(
-    fs: Any, path: str, start: int, end: int, pinned: dict[str, str], size: int, url: str
-) -> bytes:
+async def get_range(fs: Any, path: str, start: int, end: int, pinned: dict[str, str], size: int, url: str) -> bytes:
     """Bytes ``[start, end)`` of the object version `pinned`, or `CheckpointChangedError`."""
     bucket, key, _ = fs.split_path(path)
     try:
-        response = await fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **pinned
-        )
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **pinned)
     except Exception as e:
         if isinstance(e, FileNotFoundError) or _code(e) in _CHANGED_CODES:
-            raise _changed(url, pinned, "gone" if isinstance(e, FileNotFoundError) else "another version") from e
+            raise _changed(url, pinned, "no object" if isinstance(e, FileNotFoundError) else "another version") from e
         raise
     try:
         etag, total = response.get("ETag"), response.get("ContentRange", "").rpartition("/")[2]
@@ -213,10 +210,8 @@ async def _upload_parts(
 async def _abort(fs: Any, bucket: str, key: str, upload_id: str, timeout: float) -> None:
     """Abort an upload, also when the task doing it is being cancelled; failures are left to `abort_stale`."""
     call = asyncio.ensure_future(fs._call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id))
-    try:
+    with contextlib.suppress(BaseException):  # the store is down, or cancelled again: `abort_stale` removes it
         await asyncio.shield(asyncio.wait_for(call, timeout))
-    except BaseException:  # the store is down or the abort was cancelled: the next save's abort_stale removes it
-        pass
 
 
 def stale_after(timeout: float) -> float:
@@ -227,7 +222,7 @@ def stale_after(timeout: float) -> float:
 async def abort_stale(fs: Any, path: str, timeout: float) -> int:
     """Abort incomplete uploads of `path`'s key untouched for `stale_after` seconds; how many (best effort)."""
     bucket, key, _ = fs.split_path(path)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     horizon = datetime.timedelta(seconds=stale_after(timeout))
     listed = await asyncio.wait_for(fs._call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key), timeout)
     aborted = 0

@@ -1,4 +1,4 @@
-"""Remote I/O at network speed and consistent: pinned reads, concurrency, deadlines, clean uploads (moto on 127.0.0.1)."""
+"""Remote I/O: pinned reads, concurrency, deadlines and clean uploads, on moto's S3 server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -301,7 +301,8 @@ def test_a_store_without_pinned_reads_detects_an_overwrite_after_reading(monkeyp
     data_start = _header.read_header(source).data_start
     time.sleep(0.001)
     ckptschema.save(url, _tree(1000, seed=2))
-    with pytest.raises(ckptschema.CheckpointChangedError, match=r"the object was replaced while being read \(opened as size "):
+    changed = r"the object was replaced while being read \(opened as size "
+    with pytest.raises(ckptschema.CheckpointChangedError, match=changed):
         source.read_into(data_start, memoryview(bytearray(1000)))
 
 
@@ -484,4 +485,17 @@ def test_bad_settings_name_the_variable_and_the_fix(monkeypatch):
     assert str(e.value) == (
         "CKPTSCHEMA_REMOTE_TIMEOUT='soon': expected the seconds one request may take, more than 0 "
         "(default 60); set it to e.g. 120 or unset it"
+    )
+
+
+def test_an_object_removed_while_read_is_a_changed_checkpoint(bucket):
+    url = f"s3://{bucket}/model.safetensors"
+    ckptschema.save(url, _tree(1000))
+    source = _remote.RemoteSource(url)
+    _remote.remove(url)
+    with pytest.raises(ckptschema.CheckpointChangedError) as e:
+        source.read_into(0, memoryview(bytearray(8)))
+    assert str(e.value) == (
+        f"{url}: the object was replaced while being read (opened as {source.version}; found no object); "
+        f"nothing read from it is used: load it again"
     )
