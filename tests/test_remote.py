@@ -90,13 +90,13 @@ def test_a_subtree_from_s3_reads_only_the_header_and_its_bytes(bucket, monkeypat
     ckptschema.save(url, _tree())
     header_bytes = _header.read_header(_remote.RemoteSource(url)).data_start
     reads: list[int] = []
-    real = _remote.RemoteSource.read_into
+    read_runs = _remote.RemoteSource.read_runs  # every read goes through it (read_into too)
 
-    def counting(self: _remote.RemoteSource, offset: int, buffer: memoryview) -> None:
-        reads.append(buffer.nbytes)
-        real(self, offset, buffer)
+    def counting(self: _remote.RemoteSource, runs: list[tuple[int, memoryview]]) -> None:
+        reads.extend(buffer.nbytes for _, buffer in runs)
+        read_runs(self, runs)
 
-    monkeypatch.setattr(_remote.RemoteSource, "read_into", counting)
+    monkeypatch.setattr(_remote.RemoteSource, "read_runs", counting)
     head = ckptschema.load(url, template=_tree()["head"], subtree="head")
     assert_same_tree(head, _tree()["head"])
     assert sum(reads) == header_bytes + 12 * 2 + 4 * 4  # of the 32 MiB file: its header and 40 bytes
