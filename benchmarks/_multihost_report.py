@@ -194,7 +194,11 @@ def method(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -> l
         "- ckptschema: `ckptschema.save(dir, tree)` (defaults: sha256 of every tensor, fsync, one shard per "
         "5 GB) in every process; `ckptschema.load(dir, template)` with the template of "
         "`jax.ShapeDtypeStruct(shape, dtype, sharding=...)` leaves. orbax: `ocp.StandardCheckpointer().save(dir, "
-        "tree)` + `wait_until_finished()` in every process; `restore(dir, template)` with the same abstract tree.",
+        "tree)` + `wait_until_finished()` in every process; `restore(dir, template)` with the same abstract tree. "
+        "orbax runs with its defaults: OCDBT over TensorStore's file driver (which fsyncs) and zstd-compressed "
+        "zarr3 chunks, so its files and bytes are smaller than the payload; ckptschema writes the raw bytes.",
+        "- A save's bytes read are ckptschema's digests of tensors whose blocks several processes write: one "
+        "process per tensor (balanced by bytes) reads it back from the shard and hashes it.",
         f"- {args.warmup} warm-up repetition(s) then {args.reps} timed; in each repetition every tool saves "
         "(to a fresh folder), then every tool restores, the tools' order rotated per repetition. Before each "
         "op: `gc.collect()` and a barrier of every process (`multihost_utils.sync_global_devices`); an op's "
@@ -209,6 +213,8 @@ def method(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -> l
         "process's own share plus what the save adds: the save memory goal compares (share + peak added) / share.",
         "- Own share: distinct bytes of the process's addressable blocks (a block held by both local devices, "
         "or a replicated leaf, counts once per process).",
+        "- All processes share this machine's cores (2 CPU devices each): times are for N processes on one "
+        "host, with the load average at the start given above (other work was running).",
         f"- **Restores verified bit for bit against the source blocks (every addressable block, its sharding, "
         f"dtype and every byte; warm-up included): {verified} verified, {mismatched} mismatched, "
         f"{errors} errors.**",
