@@ -113,3 +113,47 @@ def test_quick_benchmark_rates_every_spec_target_pass_or_miss(quick_report):
     for row in rows:
         assert row.endswith(" | PASS |") or row.endswith(" | **MISS** |"), row
     assert _section(quick_report[2], "Other checks (issue 6)")
+
+
+MULTIHOST = os.path.join(ROOT, "benchmarks", "multihost.py")
+MULTIHOST_GOALS = [
+    "save >= 3x faster than orbax",
+    "restore >= 3x faster than orbax",
+    "restore: bytes read per process <= 1.1x own share (worst process)",
+    "save: peak memory per process <= own share + 10% (worst process)",
+]
+
+
+# Two processes of JAX's runtime on 127.0.0.1 save and restore with ckptschema and orbax.
+@pytest.mark.slow
+@pytest.mark.framework
+def test_quick_multihost_benchmark_reports_verified_restores_and_rates_every_goal(tmp_path):
+    out = tmp_path / "MULTIHOST.md"
+    proc = subprocess.run(
+        [sys.executable, MULTIHOST, "--quick", "--out", str(out), "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "### 2 processes x 2 CPU devices (4 devices):" in text
+    assert re.search(
+        r"^\| ckptschema \| \d[^|]* \| 1\.00x \| \d[^|]* \| 1\.00x \| [\d.]+ MB \| 4 of 4 \| none \|$", text, re.M
+    )
+    assert re.search(
+        r"^\| orbax \| \d[^|]* \| [\d.]+x \| \d[^|]* \| [\d.]+x \| [\d.]+ MB \| 4 of 4 \| none \|$", text, re.M
+    )
+    assert (
+        len(re.findall(r"^\| (?:ckptschema|orbax) \| [01] \| [\d.]+ MB \| [\d.]+ MB \|", text, re.M)) == 4
+    )  # tool x process
+    assert "8 verified, 0 mismatched, 0 errors" in text
+    rows = _section(text, "Results")
+    goals = [
+        row.split(" | ")[0].removeprefix("| ")
+        for row in rows
+        if row.endswith(" | PASS |") or row.endswith(" | **MISS** |")
+    ]
+    assert goals == MULTIHOST_GOALS
+    assert not (tmp_path / "work").exists()  # scratch files are removed
