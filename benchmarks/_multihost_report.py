@@ -191,7 +191,7 @@ def method(args: argparse.Namespace, runs: dict[int, list[dict[str, Any]]]) -> l
         "MLP up in 2-D blocks (rows over hosts, columns over local devices), MLP down by rows over hosts only "
         "(replicated over a process's two devices), biases split, layer norms and the position embedding "
         "replicated. Every process builds only its own blocks, from a formula of the global element index.",
-        "- ckptschema: `ckptschema.save(dir, tree)` (defaults: sha256 of every tensor, fsync, one shard per "
+        "- ckptschema: `ckptschema.save(dir, tree)` (defaults: a BLAKE3 digest of every tensor, fsync, one shard per "
         "5 GB) in every process; `ckptschema.load(dir, template)` with the template of "
         "`jax.ShapeDtypeStruct(shape, dtype, sharding=...)` leaves. orbax: `ocp.StandardCheckpointer().save(dir, "
         "tree)` + `wait_until_finished()` in every process; `restore(dir, template)` with the same abstract tree. "
