@@ -17,7 +17,7 @@ from ._flatten import flatten_template
 from ._gcpause import gc_paused
 from ._header import Entry, Header
 from ._manifest import Manifest
-from ._opening import PathLike, open_checkpoint, tracking
+from ._opening import PathLike, one_version, open_checkpoint, tracking
 from ._placement import place, scalar_like
 from ._plain import load_plain
 from ._rebuild import build_like_template, build_tree
@@ -29,6 +29,7 @@ __all__ = ["load", "loads", "read_manifest"]
 
 
 @gc_paused
+@one_version
 def read_manifest(path: PathLike) -> Manifest:
     """Read a checkpoint's manifest from its header; no tensor bytes are read.
 
@@ -57,6 +58,7 @@ def read_manifest(path: PathLike) -> Manifest:
 
 
 @gc_paused
+@one_version
 def load(
     path: PathLike,
     template: Any = None,
