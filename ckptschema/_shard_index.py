@@ -20,7 +20,16 @@ from ._errors import CheckpointNotFoundError, FormatError
 from ._json import strict_json
 from ._limits import LimitError, check_header_bytes, check_tensors
 
-__all__ = ["INDEX_NAME", "INDEX_SUFFIX", "folder_of", "index_path", "is_sharded", "join", "read_index", "read_index_bytes"]
+__all__ = [
+    "INDEX_NAME",
+    "INDEX_SUFFIX",
+    "folder_of",
+    "index_path",
+    "is_sharded",
+    "join",
+    "read_index",
+    "read_index_bytes",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 INDEX_SUFFIX = ".safetensors.index.json"

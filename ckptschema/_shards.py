@@ -166,7 +166,8 @@ class ShardedSource:
             source = _open_shard(self.paths[i])
         except FormatError as e:
             if not first and isinstance(e, CheckpointNotFoundError):
-                raise CheckpointChangedError(f"{self.paths[i]}: the shard was removed while being loaded; {_RETRY}") from e
+                removed = f"{self.paths[i]}: the shard was removed while being loaded; {_RETRY}"
+                raise CheckpointChangedError(removed) from e
             if (changed := self.changed_by_save(e)) is not None:
                 raise changed from e
             raise
@@ -179,7 +180,8 @@ class ShardedSource:
                 self._pinned[i] = source
         elif identity != self._identity[i]:
             source.close()
-            raise CheckpointChangedError(f"{self.paths[i]}: the shard was replaced or changed while being loaded; {_RETRY}")
+            replaced = f"{self.paths[i]}: the shard was replaced or changed while being loaded; {_RETRY}"
+            raise CheckpointChangedError(replaced)
         return source
 
     def changed_by_save(self, error: FormatError) -> CheckpointChangedError | None:
@@ -193,7 +195,9 @@ class ShardedSource:
             changed = True
         if not changed:
             return None
-        return CheckpointChangedError(f"{self.name}: the index changed while the checkpoint was loaded ({error}); {_RETRY}")
+        return CheckpointChangedError(
+            f"{self.name}: the index changed while the checkpoint was loaded ({error}); {_RETRY}"
+        )
 
     def _close_unused(self, keep: int) -> None:
         for i in [i for i in self._open if self._users[i] == 0][: max(len(self._open) - keep, 0)]:
