@@ -34,7 +34,8 @@ def read_manifest(path: PathLike) -> Manifest:
     """Read a checkpoint's manifest from its header; no tensor bytes are read.
 
     Args:
-        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index
+            (local, or a URL such as ``s3://bucket/run/step-100``).
 
     Returns:
         The `Manifest`, with the header's user metadata as `Manifest.metadata`.
@@ -42,6 +43,8 @@ def read_manifest(path: PathLike) -> Manifest:
     Raises:
         CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`).
         FormatError: if the file is not a valid checkpoint or has no manifest.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            reads (a read that finds it replaced midway starts over on the new version).
 
     Example:
         >>> import numpy as np, ckptschema
@@ -81,7 +84,8 @@ def load(
     whole tensor is read and hashed first).
 
     Args:
-        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index
+            (local, or a URL such as ``s3://bucket/run/step-100``).
         template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`
             (e.g. ``jax.eval_shape(model.init, ...)``) or Python scalars.
         strict: if False, tensors in the file that the template lacks are allowed
@@ -106,6 +110,9 @@ def load(
         CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`,
             so ``except FileNotFoundError:`` starts afresh when there is none yet).
         FormatError: if the file is not a valid checkpoint.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            loads (a load that finds it replaced midway starts over on the new version, so it
+            never returns a tree that mixes two versions).
         IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
 
     Example:

@@ -50,6 +50,8 @@ def validate(
     Raises:
         CheckpointNotFoundError: if there is no checkpoint at `source` (also a `FileNotFoundError`).
         FormatError: if the file (or schema) cannot be read at all.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            reads (a read that finds it replaced midway starts over on the new version).
 
     Example:
         >>> import numpy as np, ckptschema
