@@ -131,7 +131,7 @@ class ShardedSource:
     A shard that is missing or broken while the index is the one read stays the error it is.
     """
 
-    def __init__(self, name: str, paths: list[str], index_bytes: bytes = b"") -> None:
+    def __init__(self, name: str, paths: list[str], index_bytes: bytes) -> None:
         self.name = name
         self.paths = paths
         self.bases: list[int] = []

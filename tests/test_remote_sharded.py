@@ -240,3 +240,17 @@ def test_cli_beside_on_a_url_says_to_name_the_schema_instead(tmp_path, bucket, c
     out = tmp_path / "run.schema.json"
     assert main(["schema", url, "-o", str(out)]) == 0
     assert main(["validate", url, "--schema", str(out)]) == 0
+
+
+def test_a_sharded_checkpoint_in_memory_urls_loads_like_one_on_s3(tmp_path):
+    import secrets
+
+    import fsspec
+
+    local = tmp_path / "ckpt"
+    ckptschema.save(local, _tree(), max_shard_size="2KB")
+    url = f"memory://ckpt-{secrets.token_hex(4)}/run"
+    for name in sorted(os.listdir(local), key=lambda name: name == INDEX):
+        fsspec.filesystem("memory").put(str(local / name), f"{url}/{name}")
+    assert_same_tree(ckptschema.load(url), ckptschema.load(local))
+    assert ckptschema.read_manifest(f"{url}/{INDEX}") == ckptschema.read_manifest(local)
