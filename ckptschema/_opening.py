@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -54,16 +55,19 @@ def one_version(fn: F) -> F:
         ('read', 3)
     """
 
+    first = next(iter(inspect.signature(fn).parameters))
+
     @functools.wraps(fn)
-    def reading(source: Any, *args: Any, **kwargs: Any) -> Any:
+    def reading(*args: Any, **kwargs: Any) -> Any:
         for _ in range(READ_ATTEMPTS - 1):
             try:
-                return fn(source, *args, **kwargs)
+                return fn(*args, **kwargs)
             except CheckpointChangedError:
                 continue
         try:
-            return fn(source, *args, **kwargs)
+            return fn(*args, **kwargs)
         except CheckpointChangedError as e:
+            source = args[0] if args else kwargs.get(first)
             where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
             raise CheckpointChangedError(
                 f"{where}: the checkpoint was replaced while being read, {READ_ATTEMPTS} times in a row; read it "

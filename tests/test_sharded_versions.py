@@ -188,3 +188,15 @@ def test_a_shard_deleted_midway_while_the_index_stays_is_not_found_after_one_mor
     with pytest.raises(ckptschema.CheckpointNotFoundError, match="shard cannot be opened"):
         ckptschema.load(directory)
     assert len(calls) == 1  # the second read stopped at the missing shard, before any tensor
+
+
+def test_the_checkpoint_named_by_keyword_is_read_again_and_named_in_the_error(tmp_path, monkeypatch):
+    directory = tmp_path / "ckpt"
+    _save(directory, 0)
+    calls = _on_each_read(monkeypatch, lambda n: _save(directory, n + 1))
+    monkeypatch.setattr(_tensors, "read_tensor", lambda *a: _tensors.read_tensors(a[0], [a[1:]])[0])
+    with pytest.raises(ckptschema.CheckpointChangedError, match=f"^{directory}: the checkpoint was replaced"):
+        ckptschema.load(path=directory)
+    with pytest.raises(ckptschema.CheckpointChangedError, match=f"^{directory}: the checkpoint was replaced"):
+        ckptschema.validate(source=directory, deep=True)
+    assert len(calls) == 2 * _opening.READ_ATTEMPTS  # each attempt stopped at its first read
