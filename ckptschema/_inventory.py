@@ -87,7 +87,7 @@ def read_any(path: str) -> Manifest | Schema:
     """
     if path == STDIN:
         return load_schema(sys.stdin.buffer)
-    if not is_sharded(path) and (_is_pipe(path) or _looks_like_json(path)):
+    if (_is_pipe(path) or _looks_like_json(path)) and not is_sharded(path):  # local checks first: no request for a URL
         return load_schema(path)
     return read_manifest(path)
 

@@ -17,7 +17,7 @@ from ._flatten import flatten_template
 from ._gcpause import gc_paused
 from ._header import Entry, Header
 from ._manifest import Manifest
-from ._opening import PathLike, open_checkpoint, tracking
+from ._opening import PathLike, one_version, open_checkpoint, tracking
 from ._placement import place, scalar_like
 from ._plain import load_plain
 from ._rebuild import build_like_template, build_tree
@@ -29,11 +29,13 @@ __all__ = ["load", "loads", "read_manifest"]
 
 
 @gc_paused
+@one_version
 def read_manifest(path: PathLike) -> Manifest:
     """Read a checkpoint's manifest from its header; no tensor bytes are read.
 
     Args:
-        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index
+            (local, or a URL such as ``s3://bucket/run/step-100``).
 
     Returns:
         The `Manifest`, with the header's user metadata as `Manifest.metadata`.
@@ -41,6 +43,8 @@ def read_manifest(path: PathLike) -> Manifest:
     Raises:
         CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`).
         FormatError: if the file is not a valid checkpoint or has no manifest.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            reads (a read that finds it replaced midway starts over on the new version).
 
     Example:
         >>> import numpy as np, ckptschema
@@ -57,6 +61,7 @@ def read_manifest(path: PathLike) -> Manifest:
 
 
 @gc_paused
+@one_version
 def load(
     path: PathLike,
     template: Any = None,
@@ -87,7 +92,8 @@ def load(
     every process reads the whole tree onto its default device.
 
     Args:
-        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index.
+        path: the checkpoint: a file, an fsspec URL, or a sharded checkpoint's directory or index
+            (local, or a URL such as ``s3://bucket/run/step-100``).
         template: a pytree whose leaves are arrays, numpy arrays, `jax.ShapeDtypeStruct`
             (e.g. ``jax.eval_shape(model.init, ...)``) or Python scalars.
         strict: if False, tensors in the file that the template lacks are allowed
@@ -112,6 +118,9 @@ def load(
         CheckpointNotFoundError: if there is no checkpoint at `path` (also a `FileNotFoundError`,
             so ``except FileNotFoundError:`` starts afresh when there is none yet).
         FormatError: if the file is not a valid checkpoint.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            loads (a load that finds it replaced midway starts over on the new version, so it
+            never returns a tree that mixes two versions).
         IntegrityError: with ``verify=True``, for a tensor whose bytes changed.
 
     Example:

@@ -341,6 +341,26 @@ def remove(url: str) -> None:
         fs.invalidate_cache(path)
 
 
+def is_directory(url: str) -> bool:
+    """Whether `url` names a "directory" of its store (False when missing or unreachable: a read says why).
+
+    Example:
+        >>> upload("memory://tree/leaf.bin", [b"x"])
+        >>> is_directory("memory://tree"), is_directory("memory://tree/leaf.bin")
+        (True, False)
+    """
+    config = _fsio.settings()
+    fs, path = _fsio.filesystem(url, config.concurrency)
+    try:
+        if _fsio.is_async(fs):
+            info = _fsio.run(fs, asyncio.wait_for(fs._info(path), config.timeout), config.timeout)
+        else:
+            info = fs.info(path)
+    except Exception:  # missing, refused or no answer: the reader of the file reports it
+        return False
+    return info.get("type") == "directory"
+
+
 def listdir(url: str) -> list[str]:
     """The names (not paths) of the objects and "directories" right under `url`, sorted; [] when none.
 

@@ -10,12 +10,14 @@ and only then are the shards it no longer names removed. A crash at any instant 
 the old index with its shards or the new one with its; what a killed save leaves (shards no
 index names, temporary files) the next save removes (`remove_leftovers`).
 
-Reading trusts nothing: the index is strict JSON of at most `MAX_HEADER_BYTES`; every
-shard name must be a plain file name inside the index's directory (no path separators,
-``.``/``..``, NUL bytes or URLs) of a regular file that is not a symbolic link (and is
-opened with ``O_NOFOLLOW``); every tensor must sit in the shard the index names, and no
-shard may hold a tensor the index does not list. A load holds at most `MAX_OPEN_SHARDS`
-shards open at once (`ShardedSource`).
+Reading trusts nothing, on disk and behind a URL alike: the index (found and checked by
+`_shard_index`) is strict JSON of at most `MAX_HEADER_BYTES`; every shard name must be a
+plain file name inside the index's folder, of a regular file that is not a symbolic link
+(opened with ``O_NOFOLLOW``) or of one object (a `RemoteSource`); every tensor must sit in
+the shard the index names, and no shard may hold a tensor the index does not list. A load
+holds at most `MAX_OPEN_SHARDS` shard files open at once (`ShardedSource`), and reads one
+version: a shard replaced or removed midway, or gone because a save replaced the index, is
+a `CheckpointChangedError`, on which the load starts over (`_opening.one_version`).
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import _atomic, _header, _remote, _sources
-from ._errors import CheckpointNotFoundError, CkptSchemaError, FormatError
+from . import _atomic, _header, _remote
+from ._errors import CheckpointChangedError, CheckpointNotFoundError, CkptSchemaError, FormatError
 from ._format import MANIFEST_KEY
 from ._header import Entry, Header
-from ._json import strict_json
-from ._limits import LimitError, check_header_bytes, check_tensors
-from ._sources import FileSource
+from ._shard_index import INDEX_NAME, folder_of, index_path, is_sharded, join, read_index_bytes
+from ._shard_index import read_index as _read_index
+from ._sources import FileSource, Source
 
-__all__ = ["INDEX_NAME", "ShardedSource", "is_sharded", "open_sharded", "parse_size", "plan_shards", "write_index"]
-
-INDEX_NAME = "model.safetensors.index.json"
-_INDEX_SUFFIX = ".safetensors.index.json"
+__all__ = [
+    "INDEX_NAME",
+    "ShardedSource",
+    "index_path",
+    "is_sharded",
+    "open_sharded",
+    "parse_size",
+    "plan_shards",
+    "write_index",
+]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -102,65 +110,48 @@ def new_token(directory: str) -> str:
     return token
 
 
-def is_sharded(path: Any) -> bool:
-    """Whether `path` names a sharded checkpoint: a directory, or an index file."""
-    if not isinstance(path, (str, os.PathLike)) or _remote.is_url(path):
-        return False
-    return os.path.isdir(path) or os.fspath(path).endswith(".index.json")
-
-
-def index_path(path: str | os.PathLike[str]) -> str:
-    """The index of a sharded checkpoint given as its directory or its index."""
-    where = os.fspath(path)
-    if not os.path.isdir(where):
-        return where
-    if os.path.exists(os.path.join(where, INDEX_NAME)):
-        return os.path.join(where, INDEX_NAME)
-    found = sorted(name for name in os.listdir(where) if name.endswith(_INDEX_SUFFIX))
-    if not found:
-        raise CheckpointNotFoundError(
-            f"{where}: a directory is read as a sharded checkpoint, but it has no *{_INDEX_SUFFIX} index", where
-        )
-    if len(found) > 1:
-        raise FormatError(
-            f"{where}: a directory is read as a sharded checkpoint, but it has several indexes ({', '.join(found)})"
-        )
-    return os.path.join(where, found[0])
-
-
 #: Most shard files a sharded load holds open at once (SPEC §5: a small constant).
 MAX_OPEN_SHARDS = 8
+
+_RETRY = "load again once no other process writes the checkpoint"
 
 
 class ShardedSource:
     """The shards read as one address space: shard ``i`` at ``[base[i], base[i] + size[i])``.
 
-    Shards are opened when read and closed again, at most `MAX_OPEN_SHARDS` at a time
-    (the least recently used is closed first), so a checkpoint of thousands of shards
+    Local shards are opened when read and closed again, at most `MAX_OPEN_SHARDS` at a
+    time (the least recently used is closed first), so a checkpoint of thousands of shards
     loads within any open-file limit. Each open refuses what is not a regular file and
     follows no link; a shard opened again must be the very file first opened (same
-    device, inode, size and modification time), else it was replaced or changed during
-    the load and the read fails.
+    device, inode, size and modification time). Remote shards hold no file: each stays
+    the `RemoteSource` first opened, pinned to the version it first saw, until `close`.
+
+    A shard replaced or removed midway, or gone or unreadable while the index names other
+    shards now, raises `CheckpointChangedError` (the load then starts over, `_opening`).
+    A shard that is missing or broken while the index is the one read stays the error it is.
     """
 
-    def __init__(self, name: str, paths: list[str]) -> None:
+    def __init__(self, name: str, paths: list[str], index_bytes: bytes) -> None:
         self.name = name
         self.paths = paths
         self.bases: list[int] = []
         self.size = 0
+        self._index_bytes = index_bytes
         self._identity: list[tuple[int, ...]] = []
-        self._open: collections.OrderedDict[int, FileSource] = collections.OrderedDict()
+        self._open: collections.OrderedDict[int, Source] = collections.OrderedDict()
+        self._pinned: dict[int, Source] = {}
         self._users = [0] * len(paths)
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def shard(self, i: int) -> Iterator[FileSource]:
+    def shard(self, i: int) -> Iterator[Source]:
         """Shard `i`, open while the block runs; the first call for each shard must come in order."""
         with self._lock:
-            source = self._open.pop(i, None)
+            source = self._pinned.get(i) or self._open.pop(i, None)
             if source is None:
                 source = self._reopen(i)
-            self._open[i] = source
+            if i not in self._pinned:
+                self._open[i] = source
             self._users[i] += 1
         try:
             yield source
@@ -169,19 +160,44 @@ class ShardedSource:
                 self._users[i] -= 1
                 self._close_unused(MAX_OPEN_SHARDS)
 
-    def _reopen(self, i: int) -> FileSource:
-        source = _open_shard(self.paths[i])
-        if i == len(self._identity):
-            self._identity.append(source.identity)
+    def _reopen(self, i: int) -> Source:
+        first = i == len(self._identity)
+        try:
+            source = _open_shard(self.paths[i])
+        except FormatError as e:
+            if not first and isinstance(e, CheckpointNotFoundError):
+                removed = f"{self.paths[i]}: the shard was removed while being loaded; {_RETRY}"
+                raise CheckpointChangedError(removed) from e
+            if (changed := self.changed_by_save(e)) is not None:
+                raise changed from e
+            raise
+        identity = getattr(source, "identity", ())
+        if first:
+            self._identity.append(identity)
             self.bases.append(self.size)
             self.size += source.size
-        elif source.identity != self._identity[i]:
+            if not isinstance(source, FileSource):
+                self._pinned[i] = source
+        elif identity != self._identity[i]:
             source.close()
-            raise FormatError(
-                f"{self.paths[i]}: the shard was replaced or changed while being loaded; load again once "
-                f"no other process writes the checkpoint"
-            )
+            replaced = f"{self.paths[i]}: the shard was replaced or changed while being loaded; {_RETRY}"
+            raise CheckpointChangedError(replaced)
         return source
+
+    def changed_by_save(self, error: FormatError) -> CheckpointChangedError | None:
+        """What `error`, met reading a shard, means if the index is no longer the one read: a save
+        replaced the checkpoint midway (None while the index is unchanged: `error` is what it says)."""
+        if isinstance(error, CheckpointChangedError):
+            return None
+        try:
+            changed = read_index_bytes(self.name) != self._index_bytes
+        except CkptSchemaError:  # gone or unreadable now: reading it again tells what it is
+            changed = True
+        if not changed:
+            return None
+        return CheckpointChangedError(
+            f"{self.name}: the index changed while the checkpoint was loaded ({error}); {_RETRY}"
+        )
 
     def _close_unused(self, keep: int) -> None:
         for i in [i for i in self._open if self._users[i] == 0][: max(len(self._open) - keep, 0)]:
@@ -198,7 +214,12 @@ class ShardedSource:
         with self.shard(i) as shard:
             if start + buffer.nbytes > shard.size:  # pragma: no cover - entries are checked to lie within their shard
                 raise FormatError(f"{shard.name}: a read runs past the end of the shard")
-            shard.read_into(start, buffer)
+            try:
+                shard.read_into(start, buffer)
+            except FormatError as e:
+                if (changed := self.changed_by_save(e)) is not None:
+                    raise changed from e
+                raise
 
     def read_runs(self, runs: Sequence[tuple[int, memoryview]]) -> None:
         """Fill each buffer from its offset, one `FileSource.read_runs` batch per shard (no tensor crosses shards)."""
@@ -221,78 +242,51 @@ class ShardedSource:
     def close(self) -> None:
         with self._lock:
             self._close_unused(0)
-
-
-def _read_index(where: str) -> tuple[dict[str, Any], dict[str, str]]:
-    source = FileSource(where)  # refuses what is not a regular file
-    try:
-        check_header_bytes(source.size, "index")
-        raw = _sources.read_whole(source)
-    except LimitError as e:
-        raise FormatError(f"{where}: {e}") from None
-    finally:
-        source.close()
-    try:
-        index = strict_json(raw.decode("utf-8"), "index", max_objects=3)
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{where}: index is not UTF-8 ({e.reason})") from e
-    except ValueError as e:
-        raise FormatError(f"{where}: {e}") from e
-    if not isinstance(index, dict) or set(index) != {"metadata", "weight_map"}:
-        found = sorted(index) if isinstance(index, dict) else type(index).__name__
-        raise FormatError(f"{where}: an index must have exactly 'metadata' and 'weight_map' (found {found})")
-    metadata, weight_map = index["metadata"], index["weight_map"]
-    if not isinstance(metadata, dict) or not isinstance(weight_map, dict):
-        raise FormatError(f"{where}: 'metadata' and 'weight_map' must be JSON objects")
-    try:
-        check_tensors(len(weight_map))
-    except LimitError as e:
-        raise FormatError(f"{where}: {e}") from None
-    for key, name in weight_map.items():
-        if not isinstance(name, str) or not _plain_name(name):
-            raise FormatError(
-                f"{where}: tensor {key!r} is mapped to {name!r}; shards must be plain file names in the index's folder"
-            )
-    return metadata, weight_map
-
-
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and ":" not in name
+            for source in self._pinned.values():
+                source.close()
+            self._pinned.clear()
 
 
 def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
-    """Open a sharded checkpoint: check its index and every shard's header against it.
+    """Open a sharded checkpoint (a directory or index, a path or a URL): check its index and every shard's header.
 
     Returns the shards as one `ShardedSource` and one `Header` whose entries point into it;
     its metadata holds the first shard's user metadata and the manifest text (if the index has one).
 
     Raises:
+        CheckpointNotFoundError: naming the directory, index or shard that is missing.
+        CheckpointChangedError: when a save replaced the checkpoint while its shards were opened.
         FormatError: naming the index or shard and what is wrong.
+
+    Example:
+        >>> import numpy as np, ckptschema
+        >>> _ = ckptschema.save(tmp_path / "ckpt", {"w": np.arange(3.0)}, max_shard_size="1MB")
+        >>> source, header = open_sharded(tmp_path / "ckpt")
+        >>> sorted(header.entries), len(source.paths)
+        (['w'], 1)
+        >>> source.close()
     """
     where = index_path(path)
-    metadata, weight_map = _read_index(where)
-    directory = os.path.dirname(os.path.abspath(where))
+    raw = read_index_bytes(where)
+    metadata, weight_map = _read_index(where, raw)
     names = list(dict.fromkeys(weight_map.values()))
-    source = ShardedSource(where, [os.path.join(directory, name) for name in names])
+    source = ShardedSource(where, [join(folder_of(where), name) for name in names], raw)
     try:
         entries: dict[str, Entry] = {}
         user_metadata: dict[str, str] = {}
-        for i, name in enumerate(names):
-            with source.shard(i) as shard:
-                header = _header.read_header(shard)
-            if MANIFEST_KEY in header.metadata:
-                raise FormatError(f"{shard.name}: a shard must not hold a manifest of its own")
-            user_metadata = user_metadata or header.metadata
-            base = source.bases[i]
-            for key, entry in header.entries.items():
-                listed = weight_map.get(key)
-                if listed != name:
-                    place = f"in shard {listed!r}" if listed is not None else "nowhere"
-                    raise FormatError(f"{shard.name}: holds tensor {key!r}, which the index places {place}")
-                entries[key] = entry._replace(start=entry.start + base, end=entry.end + base)
-        missing = [key for key in weight_map if key not in entries]
-        if missing:
-            raise FormatError(f"{where}: tensor {missing[0]!r} is not in its shard {weight_map[missing[0]]!r}")
+        try:
+            for i, name in enumerate(names):
+                with source.shard(i) as shard:
+                    header = _header.read_header(shard)
+                own = _shard_entries(shard.name, header, weight_map, name, source.bases[i], entries)
+                user_metadata = user_metadata or own
+            missing = [key for key in weight_map if key not in entries]
+            if missing:
+                raise FormatError(f"{where}: tensor {missing[0]!r} is not in its shard {weight_map[missing[0]]!r}")
+        except FormatError as e:
+            if (changed := source.changed_by_save(e)) is not None:
+                raise changed from e
+            raise
     except BaseException:
         source.close()
         raise
@@ -303,7 +297,24 @@ def open_sharded(path: str | os.PathLike[str]) -> tuple[ShardedSource, Header]:
     return source, Header(entries, user_metadata if text is None else {**user_metadata, MANIFEST_KEY: text}, 0)
 
 
-def _open_shard(path: str) -> FileSource:
+def _shard_entries(
+    shard: str, header: Header, weight_map: dict[str, str], name: str, base: int, entries: dict[str, Entry]
+) -> dict[str, str]:
+    """Add a shard's entries, moved to its place in the address space; return its user metadata."""
+    if MANIFEST_KEY in header.metadata:
+        raise FormatError(f"{shard}: a shard must not hold a manifest of its own")
+    for key, entry in header.entries.items():
+        listed = weight_map.get(key)
+        if listed != name:
+            place = f"in shard {listed!r}" if listed is not None else "nowhere"
+            raise FormatError(f"{shard}: holds tensor {key!r}, which the index places {place}")
+        entries[key] = entry._replace(start=entry.start + base, end=entry.end + base)
+    return header.metadata
+
+
+def _open_shard(path: str) -> Source:
+    if _remote.is_url(path):
+        return _remote.RemoteSource(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError as e:

@@ -14,7 +14,7 @@ from ._gcpause import gc_paused
 from ._header import Header
 from ._limits import MAX_HEADER_BYTES
 from ._manifest import Manifest
-from ._opening import PathLike, open_checkpoint, tracking
+from ._opening import PathLike, one_version, open_checkpoint, tracking
 from ._plain import match_plain
 from ._review import Schema
 from ._review_parse import parse_schema
@@ -25,6 +25,7 @@ __all__ = ["load_schema", "validate"]
 
 
 @gc_paused
+@one_version
 def validate(
     source: PathLike | bytes | bytearray | memoryview,
     against: Any = None,
@@ -49,6 +50,8 @@ def validate(
     Raises:
         CheckpointNotFoundError: if there is no checkpoint at `source` (also a `FileNotFoundError`).
         FormatError: if the file (or schema) cannot be read at all.
+        CheckpointChangedError: if saves replaced the checkpoint during each of `READ_ATTEMPTS`
+            reads (a read that finds it replaced midway starts over on the new version).
 
     Example:
         >>> import numpy as np, ckptschema

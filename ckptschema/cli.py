@@ -31,6 +31,7 @@ from ._inventory import STDIN, Inventory, escaped, human_size, read_any
 from ._load import read_manifest
 from ._manifest import Manifest
 from ._manifest_file import json_schema
+from ._remote import is_url
 from ._review import Schema
 from ._review_parse import document_json_schema
 from ._save import save
@@ -86,6 +87,16 @@ def schema_beside(path: str) -> str:
     return stem + ".schema.json"
 
 
+def _beside(file: str) -> str:
+    """`schema_beside` of a local checkpoint; a URL has no folder on disk to keep its schema in."""
+    if is_url(file):
+        raise UsageError(
+            f"{file}: --beside keeps a schema next to a local checkpoint; for a URL use "
+            f"'schema {file} -o OUT' and 'validate {file} --schema OUT'"
+        )
+    return schema_beside(file)
+
+
 def _inspect(args: argparse.Namespace) -> int:
     inventory = Inventory.of(args.file)
     if args.json:
@@ -124,7 +135,7 @@ def _schema(args: argparse.Namespace) -> int:
     for file in args.files:
         text = read_manifest(file).schema_document(structure_only=args.structure_only)
         if args.beside:
-            out = schema_beside(file)
+            out = _beside(file)
             if not _current(out, text):  # rewritten only when it changed, as pre-commit fixers do
                 _write_file(out, text)
                 _write(f"wrote {out}\n")
@@ -189,7 +200,7 @@ def load_template(spec: str) -> Any:
 
 def _schema_for(file: str) -> Manifest | Schema:
     """The schema beside `file` (``validate --beside``), with the command that writes it if missing."""
-    path = schema_beside(file)
+    path = _beside(file)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such schema beside {file}; write it with: ckptschema schema {file} -o {path}")
     return read_any(path)

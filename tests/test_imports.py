@@ -196,6 +196,7 @@ _BYTE_LAYER = (
     "ckptschema._header",
     "ckptschema._tensors",
     "ckptschema._shards",
+    "ckptschema._shard_index",
     "ckptschema._remote",
     "ckptschema._atomic",
     "ckptschema._blocks",

@@ -288,7 +288,7 @@ def test_shard_replaced_after_it_was_first_opened_is_refused(tmp_path):
         copy = tmp_path / "copy"
         copy.write_bytes(Path(first).read_bytes())
         os.replace(copy, first)  # same bytes, another file
-        with pytest.raises(ckptschema.FormatError) as e:
+        with pytest.raises(ckptschema.CheckpointChangedError) as e:
             _tensors.read_tensor(source, header.entries["t0"], DTYPES["int32"], (4,))
     finally:
         source.close()
