@@ -333,7 +333,7 @@ class _Created:
         os.makedirs(self.directory, exist_ok=True)
         _shards.remove_leftovers(self.directory)
         self.previous = _shards.own_shards_of(os.path.join(self.directory, _shards.INDEX_NAME))
-        token = _shards.new_token(self.directory)
+        token = _shards.new_token(os.listdir(self.directory))
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for name, members, header in zip(_shard_names(token, len(self.shard_groups)), self.shard_groups, self.headers):
             self.paths.append(os.path.join(self.directory, name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import os
@@ -44,7 +45,7 @@ def save(
 
     Args:
         path: the file to write, or an fsspec URL (``s3://bucket/model.safetensors``); with
-            ``max_shard_size``, a local directory.
+            ``max_shard_size``, a directory (a local path or a URL such as ``s3://bucket/run/step-100``).
         tree: any pytree of arrays, Python scalars and containers.
         metadata: extra ``str -> str`` entries for the header's ``__metadata__``.
         separator: joins path parts into tensor keys (``params.Dense_0.kernel``).
@@ -79,10 +80,10 @@ def save(
     if plan.spans_processes:
         return _save_across_processes(where, plan, max_shard_size)
     if max_shard_size is not None:
-        if _remote.is_url(path):
-            raise CkptSchemaError(f"{path}: sharded saves (max_shard_size=) go to local directories only")
         max_bytes = _shards.parse_size(max_shard_size)
         plan.check(where, max_bytes)
+        if _remote.is_url(where):
+            return _save_sharded_remote(where, plan, max_bytes)
         return _save_sharded(path, plan, max_bytes, progress)
     plan.check(where)
     if _remote.is_url(path):
@@ -217,6 +218,49 @@ def _save_remote(url: str, plan: SavePlan) -> Manifest:
     return plan.manifest()
 
 
+def _save_sharded_remote(url: str, plan: SavePlan, max_bytes: int) -> Manifest:
+    """Upload shards under fresh names, then the index (the commit), then remove the previous save's shards.
+
+    Every object appears whole or not at all (`_remote.upload`), and the index is uploaded
+    last: a reader sees the old index with its shards, or the new one with its. Digests are
+    computed on other threads while the shards upload. A failed save removes the shards it
+    uploaded; one killed midway leaves shards that no index names (harmless, and named so
+    that no reader takes them for the checkpoint).
+    """
+    url = url.rstrip("/")
+    groups = _shards.plan_shards([size for *_, size in plan.layout], max_bytes)
+    index = f"{url}/{_shards.INDEX_NAME}"
+    previous = _shards.own_shards_of(index)
+    token = _shards.new_token(_remote.listdir(url))
+    names = [_shards.shard_name(number, len(groups), token) for number in range(1, len(groups) + 1)]
+    uploaded: list[str] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(_HASH_WORKERS) as pool:
+            hashing = [pool.submit(_digests.digest, a, plan.checksum) for a in plan.arrays] if plan.checksum else []
+            for name, group in zip(names, groups):
+                header = _header.header_bytes(_header.entries_json(plan.layout[i] for i in group), plan.metadata)
+                uploaded.append(f"{url}/{name}")
+                _remote.upload(uploaded[-1], [header, *(plan.arrays[i] for i in group)])
+            digests = [future.result() for future in hashing] or [None] * len(plan.arrays)
+        weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
+        out = io.BytesIO()
+        _shards.write_index(out, plan.manifest_text(digests), sum(size for *_, size in plan.layout), weight_map)
+        _remote.upload(index, [out.getbuffer()])
+    except BaseException:
+        for shard in reversed(uploaded):
+            with contextlib.suppress(CkptSchemaError):
+                _remote.remove(shard)
+        raise
+    for stale in previous - set(names):
+        _remote.remove(f"{url}/{stale}")
+    plan.set_digests(digests)
+    return plan.manifest()
+
+
+#: Threads that hash a remote sharded save's tensors while its shards upload.
+_HASH_WORKERS = 2
+
+
 def _save_sharded(directory: PathLike, plan: SavePlan, max_bytes: int, progress: bool) -> Manifest:
     """Write shards under fresh names, then the index (atomically), then drop the old shards.
 
@@ -237,7 +281,7 @@ def _save_sharded(directory: PathLike, plan: SavePlan, max_bytes: int, progress:
             os.makedirs(where, exist_ok=True)
             _shards.remove_leftovers(where)
             previous = _shards.own_shards_of(index)
-            token = _shards.new_token(where)
+            token = _shards.new_token(os.listdir(where))
             names = [_shards.shard_name(number, len(groups), token) for number in range(1, len(groups) + 1)]
             with _progress.bar(total, f"saving {display_name(where)}", progress) as advance:
                 for name, group in zip(names, groups):

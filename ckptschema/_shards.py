@@ -31,7 +31,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from . import _atomic, _header, _remote
@@ -102,9 +102,9 @@ def shard_name(number: int, count: int, token: str) -> str:
     return f"model-{number:05d}-of-{count:05d}-{token}.safetensors"
 
 
-def new_token(directory: str) -> str:
-    """A shard token no file in `directory` has (a new one on every save)."""
-    taken = {match.group(3) for match in map(_OWN_SHARD.fullmatch, os.listdir(directory)) if match}
+def new_token(names: Iterable[str]) -> str:
+    """A shard token that no shard among `names` (a directory's files) has: a new one on every save."""
+    taken = {match.group(3) for match in map(_OWN_SHARD.fullmatch, names) if match}
     while (token := secrets.token_hex(4)) in taken:  # pragma: no cover - one chance in 2**32 a shard
         pass
     return token

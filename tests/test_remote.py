@@ -113,13 +113,11 @@ def test_a_missing_object_is_a_file_not_found_error(bucket):
     assert (str(e.value), e.value.filename) == (f"{url}: cannot open (no such object)", url)
 
 
-def test_mmap_and_sharding_need_local_paths(bucket):
+def test_mmap_needs_a_local_file(bucket):
     url = f"{bucket}/model.safetensors"
     ckptschema.save(url, _tree())
     with pytest.raises(ckptschema.CkptSchemaError, match="mmap=True needs a local file"):
         ckptschema.load(url, template=_tree(), mmap=True)
-    with pytest.raises(ckptschema.CkptSchemaError, match="go to local directories only"):
-        ckptschema.save(f"{bucket}/sharded", _tree(), max_shard_size="1MB")
 
 
 def test_template_load_places_leaves_like_a_local_load(bucket):

@@ -499,3 +499,16 @@ def test_an_object_removed_while_read_is_a_changed_checkpoint(bucket):
         f"{url}: the object was replaced while being read (opened as {source.version}; found no object); "
         f"nothing read from it is used: load it again"
     )
+
+
+def test_a_sharded_save_failing_mid_way_removes_its_shards_and_keeps_the_previous_checkpoint(bucket, proxy):
+    url = f"s3://{bucket}/run"
+    ckptschema.save(url, _tree(1000, seed=1), max_shard_size="20MB")
+    before = _remote.listdir(url)
+    proxy.reject_parts_after = 2  # the first shard's two parts pass, the second shard's fail
+    tree = {"a": _tree(20 * MiB, seed=2)["w"], "b": _tree(20 * MiB, seed=3)["w"], "step": 2}
+    with pytest.raises(ckptschema.CkptSchemaError, match=r"/run/model-00002-of-00002-[0-9a-f]{8}\.safetensors: cannot"):
+        ckptschema.save(url, tree, max_shard_size="20MB", checksum=None)
+    assert _remote.listdir(url) == before
+    assert _uploads(bucket) == []
+    assert ckptschema.load(url)["step"] == 1

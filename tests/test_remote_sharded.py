@@ -253,3 +253,39 @@ def test_a_sharded_checkpoint_in_memory_urls_loads_like_one_on_s3(tmp_path):
         fsspec.filesystem("memory").put(str(local / name), f"{url}/{name}")
     assert_same_tree(ckptschema.load(url), ckptschema.load(local))
     assert ckptschema.read_manifest(f"{url}/{INDEX}") == ckptschema.read_manifest(local)
+
+
+# Sharded saves to object storage
+
+
+def _objects(url: str) -> list[str]:
+    return _remote.listdir(url)
+
+
+def test_a_sharded_save_to_a_bucket_writes_the_objects_a_local_sharded_save_writes(tmp_path, bucket):
+    url = f"{bucket}/run/step-100"
+    manifest = ckptschema.save(url, _tree(), max_shard_size="2KB", metadata={"run": "a"})
+    local = tmp_path / "local"
+    assert manifest == ckptschema.save(local, _tree(), max_shard_size="2KB", metadata={"run": "a"})
+    shards = sorted(p.name for p in local.glob("model-*"))
+    remote = [name for name in _objects(url) if name != INDEX]
+    assert len(remote) == len(shards) > 1
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    key = url.removeprefix("s3://")
+    for mine, theirs in zip(sorted(remote), shards):
+        assert fs.cat_file(f"{key}/{mine}") == (local / theirs).read_bytes()
+    index = json.loads(fs.cat_file(f"{key}/{INDEX}"))
+    assert index["metadata"] == json.loads((local / INDEX).read_text())["metadata"]
+    assert_same_tree(ckptschema.load(url, verify=True), ckptschema.load(local))
+
+
+def test_a_sharded_save_to_a_bucket_replaces_the_previous_one_and_removes_its_shards(bucket):
+    url = f"{bucket}/run"
+    ckptschema.save(url, _tree(step=1), max_shard_size="2KB")
+    first = set(_objects(url))
+    ckptschema.save(url, _tree(step=2), max_shard_size="2KB")
+    second = set(_objects(url))
+    assert first & second == {INDEX}
+    assert ckptschema.load(url)["step"] == 2
