@@ -86,8 +86,27 @@ def own_block_bytes(tree: dict) -> int:
 
 
 def read_bytes() -> int:
+    """Bytes this process has read from files so far (``rchar`` of /proc/self/io)."""
     with open("/proc/self/io") as f:
         return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+#: Bytes of the ranged GETs remote reads have asked for (socket reads are not in ``rchar``).
+_REQUESTED = [0]
+
+
+def count_requested_ranges() -> None:
+    """Count the bytes of every ranged GET this process's remote reads plan."""
+    from ckptschema import _remote
+
+    plan = _remote.plan_reads
+
+    def counting(runs, *args):  # type: ignore[no-untyped-def]
+        requests = plan(runs, *args)
+        _REQUESTED[0] += sum(end - start for start, end, _ in requests)
+        return requests
+
+    _remote.plan_reads = counting
 
 
 def peak_rss() -> int:
@@ -114,9 +133,12 @@ def scenario_load(directory: str) -> dict:
 
     scale = int(os.environ.get("SCALE", "1"))
     wanted = template(scale)
-    before = read_bytes()
+    remote = "://" in directory
+    if remote:
+        count_requested_ranges()
+    before = _REQUESTED[0] if remote else read_bytes()
     loaded = ckptschema.load(directory, wanted, verify=os.environ.get("VERIFY") == "1")
-    read = read_bytes() - before
+    read = (_REQUESTED[0] if remote else read_bytes()) - before
     values = global_values(scale)
     for name, array in loaded.items():
         if name in values:
