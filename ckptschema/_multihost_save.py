@@ -47,7 +47,7 @@ from ._dtypes import DTYPES
 from ._errors import CkptSchemaError
 from ._manifest import Manifest
 from ._save_plan import SavePlan
-from ._sources import FileSource
+from ._sources import IOV_MAX, FileSource
 
 __all__ = ["DEFAULT_SHARD_SIZE", "save_across_processes"]
 
@@ -236,13 +236,23 @@ def _write_blocks(
     for batch in range(0, len(order), _RUN_BATCH):
         runs = order[batch : batch + _RUN_BATCH]
         owners = np.searchsorted(firsts, runs, side="right") - 1
+        touching: list[memoryview] = []  # runs that follow each other in the file: one pwritev
+        start = end = 0
         for run, number, at in zip(runs.tolist(), owners.tolist(), offset[runs].tolist()):
             size = lengths[number]
             first = (run - int(firsts[number])) * size
             view = octets[number][first : first + size]
-            _pwrite_all(fd, view, base + at)
             if hasher is not None:
                 hasher.update(view)
+            if touching and (base + at != end or len(touching) == IOV_MAX):
+                _pwrite_all(fd, touching, start, end - start)
+                touching = []
+            if not touching:
+                start = end = base + at
+            touching.append(view)
+            end += size
+        if touching:
+            _pwrite_all(fd, touching, start, end - start)
 
 
 def _hash_back(plan: SavePlan, pieces: list[Piece], paths: list[str], process: int) -> dict[int, str]:
@@ -290,10 +300,24 @@ def _open_shard(path: str) -> int:
         ) from e
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+def _pwrite_all(fd: int, views: list[memoryview], offset: int, nbytes: int | None = None) -> None:
+    """Write `views` (at most `IOV_MAX`, `nbytes` in all if given) one after another from `offset`.
+
+    One ``pwritev``, resumed where a short write stopped.
+    """
+    written = os.pwritev(fd, views, offset)
+    if written == nbytes:
+        return
+    views, first = list(views), 0
+    while True:
+        offset += written
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if first == len(views):
+            return
+        views[first] = views[first][written:]
+        written = os.pwritev(fd, views[first:], offset)
 
 
 def _remove(path: str) -> None:
@@ -342,7 +366,7 @@ class _Created:
                 if self.lock is None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the index is in place
                 os.ftruncate(fd, len(header) + sum(self.plan.layout[i][3] for i in members))
-                _pwrite_all(fd, memoryview(header), 0)
+                _pwrite_all(fd, [memoryview(header)], 0)
                 os.fsync(fd)
             finally:
                 if self.lock is None:

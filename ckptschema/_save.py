@@ -241,7 +241,7 @@ def _save_sharded_remote(url: str, plan: SavePlan, max_bytes: int) -> Manifest:
                 header = _header.header_bytes(_header.entries_json(plan.layout[i] for i in group), plan.metadata)
                 uploaded.append(f"{url}/{name}")
                 _remote.upload(uploaded[-1], [header, *(plan.arrays[i] for i in group)])
-            digests = [future.result() for future in hashing] or [None] * len(plan.arrays)
+            digests: list[str | None] = [future.result() for future in hashing] or [None] * len(plan.arrays)
         weight_map = {plan.nodes[i]["key"]: name for name, group in zip(names, groups) for i in group}
         out = io.BytesIO()
         _shards.write_index(out, plan.manifest_text(digests), sum(size for *_, size in plan.layout), weight_map)

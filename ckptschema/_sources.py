@@ -55,13 +55,14 @@ _READ_WORKERS = min(4, os.cpu_count() or 1)
 def _iov_max() -> int:
     """Most buffers one ``preadv`` call takes (``IOV_MAX``; POSIX's floor of 16 where it is not told)."""
     try:
-        n = os.sysconf("SC_IOV_MAX")
+        n = os.sysconf("SCIOV_MAX")
     except (AttributeError, ValueError, OSError):  # pragma: no cover - every Linux and macOS tells it
         n = -1
     return n if n > 0 else 16
 
 
-_IOV_MAX = _iov_max()
+#: Most buffers one vectored read or write takes.
+IOV_MAX = _iov_max()
 
 
 class FileSource:
@@ -117,7 +118,7 @@ class FileSource:
         done, first = 0, 0
         while done < total:
             try:
-                n = os.preadv(self.fd, buffers[first : first + _IOV_MAX], offset + done)
+                n = os.preadv(self.fd, buffers[first : first + IOV_MAX], offset + done)
             except OSError as e:
                 raise FormatError(f"{self.name}: read failed at byte {offset + done} ({e.strerror or e})") from e
             if n == 0:
@@ -177,7 +178,7 @@ def _bytes_of(buffer: memoryview) -> memoryview:
 
 def _vectors(runs: Sequence[tuple[int, memoryview]], chunk: int | None) -> list[tuple[int, list[memoryview]]]:
     """`runs` as ``preadv`` calls ``(offset, buffers)``: runs exactly adjacent in the file share a call
-    of at most `_IOV_MAX` buffers (and, if `chunk` is given, of at most `chunk` bytes, cutting a
+    of at most `IOV_MAX` buffers (and, if `chunk` is given, of at most `chunk` bytes, cutting a
     larger buffer into pieces).
 
     Example:
@@ -191,12 +192,12 @@ def _vectors(runs: Sequence[tuple[int, memoryview]], chunk: int | None) -> list[
     for offset, buffer in runs:
         view = buffer if buffer.format == "B" and buffer.ndim == 1 else buffer.cast("B")
         n = len(view)
-        if n and offset == end and len(buffers) < _IOV_MAX and (chunk is None or size + n <= chunk):
+        if n and offset == end and len(buffers) < IOV_MAX and (chunk is None or size + n <= chunk):
             buffers.append(view)  # the common case: the next run of the same call
             size, end = size + n, offset + n
             continue
         while n:
-            if offset != end or len(buffers) >= _IOV_MAX or (chunk is not None and size >= chunk):
+            if offset != end or len(buffers) >= IOV_MAX or (chunk is not None and size >= chunk):
                 buffers, size = [], 0
                 calls.append((offset, buffers))
             take = n if chunk is None else min(n, chunk - size)

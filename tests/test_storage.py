@@ -94,7 +94,7 @@ def test_runs_adjacent_in_the_file_are_one_preadv_and_a_gap_starts_another(tmp_p
 def test_a_preadv_call_takes_at_most_iov_max_buffers(tmp_path, monkeypatch):
     (tmp_path / "f").write_bytes(bytes(range(32)))
     source = _sources.FileSource(tmp_path / "f")
-    monkeypatch.setattr(_sources, "_IOV_MAX", 3)
+    monkeypatch.setattr(_sources, "IOV_MAX", 3)
     calls = _recording_preadv(monkeypatch)
     runs = _runs([(i, 1) for i in range(7)])
     source.read_runs(runs)
