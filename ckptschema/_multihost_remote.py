@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import io
 import itertools
 import json
@@ -210,32 +209,38 @@ class _BucketSave:
         self.token = _shards.new_token(_remote.listdir(self.url))
         return self.token
 
-    @functools.cache  # noqa: B019 - one save, a few shards
-    def own_views(self, shard: int) -> list[memoryview]:
-        """This process's bytes of a shard, in file order (its staging object's content)."""
-        views: list[memoryview] = [memoryview(self.headers[shard])] if self.process == 0 else []
+    def own_views(self, shard: int) -> dict[int, list[memoryview]]:
+        """This process's bytes of a shard in file order (its staging object's content), by tensor (-1: the header).
+
+        Made again where they are needed: on an accelerator the blocks are copied to host memory
+        one shard at a time, not held through every step.
+        """
+        views: dict[int, list[memoryview]] = {-1: [memoryview(self.headers[shard])]} if self.process == 0 else {}
         for i in self.shard_groups[shard]:
             own = [b for b in self.pieces[i].blocks if b.writer == self.process]
-            views.extend(view for _, view in own_runs(self.plan.arrays[i], self.plan.nodes[i], own))
+            if own:
+                views[i] = [view for _, view in own_runs(self.plan.arrays[i], self.plan.nodes[i], own)]
         return views
 
     def write_own(self) -> dict[int, str]:
         """Upload this process's staging objects; the digests of the tensors it writes alone."""
         digests: dict[int, str] = {}
         checksum = self.plan.checksum
-        for shard, members in enumerate(self.shard_groups):
+        for shard in range(len(self.shard_groups)):
+            views = self.own_views(shard)
             if self.segments[shard].staged_size[self.process]:
                 self.staged.append(self.staging(shard, self.process))
-                _remote.upload(self.staged[-1], self.own_views(shard))
-            for i in members:
-                piece = self.pieces[i]
-                if checksum is None or piece.hasher != self.process:
+                _remote.upload(self.staged[-1], [view for runs in views.values() for view in runs])
+            for i, runs in views.items():
+                piece = self.pieces[i] if i >= 0 else None
+                if checksum is None or piece is None or piece.hasher != self.process:
                     continue
                 if all(b.writer == self.process for b in piece.blocks):
                     hasher = _digests.hasher(checksum, self.plan.layout[i][3])
-                    for _, view in own_runs(self.plan.arrays[i], self.plan.nodes[i], piece.blocks):
+                    for view in runs:
                         hasher.update(view)
                     digests[i] = hasher.hexdigest()
+            del views
         return digests
 
     def sources(self, shard: int) -> dict[int, Any]:
@@ -243,11 +248,10 @@ class _BucketSave:
         out: dict[int, Any] = {}
         for p, size in enumerate(self.segments[shard].staged_size):
             if size:
-                out[p] = (
-                    _Memory(self.own_views(shard))
-                    if p == self.process
-                    else _remote.RemoteSource(self.staging(shard, p))
-                )
+                if p == self.process:
+                    out[p] = _Memory([view for runs in self.own_views(shard).values() for view in runs])
+                else:
+                    out[p] = _remote.RemoteSource(self.staging(shard, p))
         return out
 
     def read(self, shard: int, sources: dict[int, Any], start: int, buffer: memoryview) -> None:
