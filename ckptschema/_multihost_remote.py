@@ -323,6 +323,12 @@ class _BucketSave:
                 parts.append(("copy", staged, offset, offset + end - start))
             else:
                 parts.append(("data", data(start, end)))
+        if len(parts) > _s3.MAX_PARTS:
+            raise CkptSchemaError(
+                f"{target}: this shard would be composed from {len(parts)} parts, more than S3's {_s3.MAX_PARTS} "
+                f"(its bytes come from many short ranges of different processes); save with a smaller "
+                f"max_shard_size"
+            )
         config = _fsio.settings()
         fs, path = _fsio.filesystem(target, config.concurrency)
         try:

@@ -42,7 +42,8 @@ def save(
     ``save(directory, tree)`` in every process: each writes its own blocks, in place, into
     a sharded checkpoint (the layout of ``max_shard_size=``, default `DEFAULT_SHARD_SIZE`
     5 GB) on a file system they share, and process 0 commits the index once all have
-    finished; see the multi-host guide.
+    finished; to an ``s3://`` URL, each process uploads its own bytes and the store
+    composes the same shards from them; see the multi-host guide.
 
     Args:
         path: the file to write, or an fsspec URL (``s3://bucket/model.safetensors``); with
