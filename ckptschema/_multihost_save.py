@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,7 +49,7 @@ from ._manifest import Manifest
 from ._save_plan import SavePlan
 from ._sources import IOV_MAX, FileSource
 
-__all__ = ["DEFAULT_SHARD_SIZE", "save_across_processes"]
+__all__ = ["DEFAULT_SHARD_SIZE", "Block", "Piece", "agree", "block_data", "own_runs", "save_across_processes"]
 
 #: The shard size of a save across processes when none is given (that of the Hugging Face tools).
 DEFAULT_SHARD_SIZE = 5 * 10**9
@@ -85,27 +85,8 @@ def save_across_processes(directory: str, plan: SavePlan, max_bytes: int | None)
     Raises:
         CkptSchemaError: in every process, naming the process that failed and why.
     """
-    if directory.endswith(".safetensors"):
-        raise CkptSchemaError(
-            f"{directory}: a tree whose arrays span processes is saved as a sharded checkpoint directory "
-            f"(the Hugging Face layout); give a directory path, not a .safetensors file"
-        )
     group = Collective(directory)
-    shard_groups = _shards.plan_shards([size for *_, size in plan.layout], max_bytes or DEFAULT_SHARD_SIZE)
-    headers = [
-        _header.header_bytes(_header.entries_json(plan.layout[i] for i in members), plan.metadata)
-        for members in shard_groups
-    ]
-    pieces = _pieces(plan, shard_groups, headers, group.count)
-    mine = _fingerprint(directory, plan, shard_groups, pieces)
-    theirs = group.together("agree", lambda: mine)
-    if any(other != mine for other in theirs):
-        raise CkptSchemaError(
-            f"{directory}: the processes do not save the same checkpoint (process "
-            f"{next(p for p, other in enumerate(theirs) if other != mine)} has another path, tree structure, "
-            f"shapes, dtypes, shardings or options than process {group.process}); call save with the same "
-            f"arguments in every process"
-        )
+    shard_groups, headers, pieces = agree(directory, plan, max_bytes, group)
     created = _Created(directory, plan, shard_groups, headers)
     try:
         token = group.together("begin", created.create if group.process == 0 else lambda: "")[0]
@@ -121,6 +102,36 @@ def save_across_processes(directory: str, plan: SavePlan, max_bytes: int | None)
         raise
     plan.set_digests(digests)
     return plan.manifest()
+
+
+def agree(
+    directory: str, plan: SavePlan, max_bytes: int | None, group: Collective
+) -> tuple[list[range], list[bytes], list[Piece]]:
+    """The "agree" step: every process plans the same shards, headers and pieces, or every process raises.
+
+    Shared by the saves to a shared file system and to a bucket (`_multihost_remote`).
+    """
+    if directory.endswith(".safetensors"):
+        raise CkptSchemaError(
+            f"{directory}: a tree whose arrays span processes is saved as a sharded checkpoint directory "
+            f"(the Hugging Face layout); give a directory path, not a .safetensors file"
+        )
+    shard_groups = _shards.plan_shards([size for *_, size in plan.layout], max_bytes or DEFAULT_SHARD_SIZE)
+    headers = [
+        _header.header_bytes(_header.entries_json(plan.layout[i] for i in members), plan.metadata)
+        for members in shard_groups
+    ]
+    pieces = _pieces(plan, shard_groups, headers, group.count)
+    mine = _fingerprint(directory, plan, shard_groups, pieces)
+    theirs = group.together("agree", lambda: mine)
+    if any(other != mine for other in theirs):
+        raise CkptSchemaError(
+            f"{directory}: the processes do not save the same checkpoint (process "
+            f"{next(p for p, other in enumerate(theirs) if other != mine)} has another path, tree structure, "
+            f"shapes, dtypes, shardings or options than process {group.process}); call save with the same "
+            f"arguments in every process"
+        )
+    return shard_groups, headers, pieces
 
 
 def _published(work: Any, *args: Any) -> str:
@@ -219,16 +230,36 @@ def _write_blocks(
     With a `hasher`, the blocks are all of the tensor's: written in file order, their runs
     are its bytes in order.
     """
+    touching: list[memoryview] = []  # runs that follow each other in the file: one pwritev
+    start = end = 0
+    for at, view in own_runs(leaf, node, blocks):
+        if hasher is not None:
+            hasher.update(view)
+        if touching and (base + at != end or len(touching) == IOV_MAX):
+            _pwrite_all(fd, touching, start, end - start)
+            touching = []
+        if not touching:
+            start = end = base + at
+        touching.append(view)
+        end += len(view)
+    if touching:
+        _pwrite_all(fd, touching, start, end - start)
+
+
+def own_runs(leaf: Any, node: dict[str, Any], blocks: list[Block]) -> Iterator[tuple[int, memoryview]]:
+    """The runs of `blocks` of a tensor, in file order: (offset from the tensor's first byte, this process's bytes)."""
     dtype = DTYPES[node["dtype"]]
     octets: list[memoryview] = []
     offsets: list[np.ndarray] = []
     lengths: list[int] = []
     for block in blocks:
-        data = _tensors.to_numpy(_block_data(leaf, block.region), dtype, node["key"])
+        data = _tensors.to_numpy(block_data(leaf, block.region), dtype, node["key"])
         octets.append(data.reshape(-1).view(np.uint8).data)
         block_offsets, length = _tensors.block_runs(node["shape"], dtype.numpy.itemsize, block.region)
         offsets.append(block_offsets)
         lengths.append(length)
+    if not offsets:
+        return
     firsts = np.cumsum([0] + [len(o) for o in offsets])  # run r is run r - firsts[b] of block b
     offset = np.concatenate(offsets)
     del offsets
@@ -236,23 +267,10 @@ def _write_blocks(
     for batch in range(0, len(order), _RUN_BATCH):
         runs = order[batch : batch + _RUN_BATCH]
         owners = np.searchsorted(firsts, runs, side="right") - 1
-        touching: list[memoryview] = []  # runs that follow each other in the file: one pwritev
-        start = end = 0
         for run, number, at in zip(runs.tolist(), owners.tolist(), offset[runs].tolist()):
             size = lengths[number]
             first = (run - int(firsts[number])) * size
-            view = octets[number][first : first + size]
-            if hasher is not None:
-                hasher.update(view)
-            if touching and (base + at != end or len(touching) == IOV_MAX):
-                _pwrite_all(fd, touching, start, end - start)
-                touching = []
-            if not touching:
-                start = end = base + at
-            touching.append(view)
-            end += size
-        if touching:
-            _pwrite_all(fd, touching, start, end - start)
+            yield at, octets[number][first : first + size]
 
 
 def _hash_back(plan: SavePlan, pieces: list[Piece], paths: list[str], process: int) -> dict[int, str]:
@@ -279,7 +297,7 @@ def _hash_back(plan: SavePlan, pieces: list[Piece], paths: list[str], process: i
     return digests
 
 
-def _block_data(leaf: Any, index: Index) -> Any:
+def block_data(leaf: Any, index: Index) -> Any:
     """The data of block `index` of a leaf, from this process's own copy of it."""
     if index == ():
         return leaf
@@ -328,7 +346,7 @@ def _remove(path: str) -> None:
 def _fingerprint(directory: str, plan: SavePlan, shard_groups: list[range], pieces: list[Piece]) -> str:
     """What every process must agree on, hashed: the path, the files and every block's writer."""
     described = [
-        os.path.abspath(directory),
+        directory if "://" in directory else os.path.abspath(directory),
         plan.manifest_text(plan.placeholders),
         plan.metadata,
         [list(members) for members in shard_groups],

@@ -28,7 +28,18 @@ from typing import Any
 
 from ._errors import CheckpointChangedError
 
-__all__ = ["PART_SIZE", "abort_stale", "delete", "describe", "get_range", "is_s3", "pin", "stale_after", "upload"]
+__all__ = [
+    "PART_SIZE",
+    "abort_stale",
+    "compose",
+    "delete",
+    "describe",
+    "get_range",
+    "is_s3",
+    "pin",
+    "stale_after",
+    "upload",
+]
 
 #: Bytes of each part of a multipart upload (S3 needs at least 5 MiB but for the last part).
 PART_SIZE = 16 << 20
@@ -166,6 +177,70 @@ async def upload(fs: Any, path: str, pieces: Sequence[memoryview], concurrency: 
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": done},
+            ),
+            timeout,
+        )
+    except BaseException:
+        await _abort(fs, bucket, key, upload_id, timeout)
+        raise
+
+
+async def compose(fs: Any, path: str, parts: Sequence[tuple[Any, ...]], concurrency: int, timeout: float) -> None:
+    """Write one object from `parts` in order with one multipart upload, aborted on any failure.
+
+    A part is ``("copy", source_path, start, end)``, bytes ``[start, end)`` of another object
+    copied by the store (``UploadPartCopy``), or ``("data", build)``, whose bytes ``build()``
+    returns (called on a worker thread when a slot is free: it may read other objects).
+    Up to `concurrency` parts are in flight; every part but the last must hold 5 MiB.
+    """
+    bucket, key, _ = fs.split_path(path)
+    created = await asyncio.wait_for(fs._call_s3("create_multipart_upload", Bucket=bucket, Key=key), timeout)
+    upload_id = created["UploadId"]
+    slots = asyncio.Semaphore(concurrency)
+    tasks: list[asyncio.Task[dict[str, Any]]] = []
+
+    async def one(number: int, part: tuple[Any, ...]) -> dict[str, Any]:
+        try:
+            if part[0] == "copy":
+                source_bucket, source_key, _ = fs.split_path(part[1])
+                out = await asyncio.wait_for(
+                    fs._call_s3(
+                        "upload_part_copy",
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource={"Bucket": source_bucket, "Key": source_key},
+                        CopySourceRange=f"bytes={part[2]}-{part[3] - 1}",
+                    ),
+                    timeout,
+                )
+                return {"PartNumber": number, "ETag": out["CopyPartResult"]["ETag"]}
+            body = io.BytesIO(await asyncio.to_thread(part[1]))
+            out = await asyncio.wait_for(
+                fs._call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body),
+                timeout,
+            )
+            return {"PartNumber": number, "ETag": out["ETag"]}
+        finally:
+            slots.release()
+
+    try:
+        try:
+            for number, part in enumerate(parts, 1):
+                await slots.acquire()
+                if any(t.done() and t.exception() is not None for t in tasks):
+                    slots.release()
+                    break
+                tasks.append(asyncio.create_task(one(number, part)))
+            done = list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait_for(
+            fs._call_s3(
+                "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
             ),
             timeout,
         )

@@ -13,6 +13,7 @@ from . import _atomic, _digests, _header, _progress, _remote, _shards, _tensors
 from ._errors import CkptSchemaError
 from ._gcpause import gc_paused
 from ._manifest import Manifest
+from ._multihost_remote import save_to_bucket
 from ._multihost_save import DEFAULT_SHARD_SIZE, save_across_processes
 from ._opening import PathLike, display_name
 from ._save_plan import SavePlan
@@ -41,7 +42,8 @@ def save(
     ``save(directory, tree)`` in every process: each writes its own blocks, in place, into
     a sharded checkpoint (the layout of ``max_shard_size=``, default `DEFAULT_SHARD_SIZE`
     5 GB) on a file system they share, and process 0 commits the index once all have
-    finished; see the multi-host guide.
+    finished; to an ``s3://`` URL, each process uploads its own bytes and the store
+    composes the same shards from them; see the multi-host guide.
 
     Args:
         path: the file to write, or an fsspec URL (``s3://bucket/model.safetensors``); with
@@ -185,13 +187,10 @@ def manifest_of(
 
 def _save_across_processes(where: str, plan: SavePlan, max_shard_size: int | str | None) -> Manifest:
     """Every process saves its own blocks of a tree whose arrays span processes (`_multihost_save`)."""
-    if _remote.is_url(where):
-        raise CkptSchemaError(
-            f"{where}: a tree whose arrays span processes is saved in place into a directory on a file system every "
-            f"process shares; saving it to object storage from several processes is not supported"
-        )
     max_bytes = _shards.parse_size(max_shard_size if max_shard_size is not None else DEFAULT_SHARD_SIZE)
     plan.check(where, max_bytes)
+    if _remote.is_url(where):
+        return save_to_bucket(where, plan, max_bytes)
     try:
         return save_across_processes(where, plan, max_bytes)
     except OSError as e:

@@ -179,6 +179,23 @@ def scenario_kill_mid_save(directory: str) -> dict:
     return scenario_save(directory)
 
 
+def scenario_fails_in_one_bucket(directory: str) -> dict:
+    """Process 1's first S3 call named ``FAIL_CALL`` fails (the store refusing it), as a save to a bucket goes on."""
+    if jax.process_index() == 1:
+        import s3fs
+
+        real = s3fs.S3FileSystem._call_s3
+        failing = os.environ["FAIL_CALL"]
+
+        async def refusing(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if method == failing:
+                raise OSError(f"{method} refused")
+            return await real(self, method, *args, **kwargs)
+
+        s3fs.S3FileSystem._call_s3 = refusing
+    return scenario_save(directory)
+
+
 def scenario_different_trees(directory: str) -> dict:
     import ckptschema
 
@@ -208,7 +225,7 @@ def scenario_refusals(directory: str) -> dict:
     found = {}
     for name, call in [
         ("file", lambda: ckptschema.save(os.path.join(directory, "model.safetensors"), tree)),
-        ("url", lambda: ckptschema.save("s3://bucket/ckpt", tree)),
+        ("url", lambda: ckptschema.save("memory://bucket/ckpt", tree)),
         ("dumps", lambda: ckptschema.dumps(tree)),
     ]:
         try:

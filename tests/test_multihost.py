@@ -135,6 +135,64 @@ def test_each_process_loads_its_own_blocks_from_a_bucket_asking_only_for_its_own
         assert r["ok"]["own"] <= r["ok"]["read"] <= 1.1 * r["ok"]["own"] + headers, r
 
 
+#: A tree of 12 MiB tensors in 30 MB shards: ranges of one process long enough to be copied by the store,
+#: and column splits whose short ranges are sent as data parts.
+BUCKET_SAVE = {"SCALE": "1024", "SHARD_SIZE": "30MB"}
+
+
+def objects(url: str) -> dict[str, bytes]:
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    root = url.removeprefix("s3://")
+    return {path.removeprefix(root + "/"): fs.cat_file(path) for path in fs.find(root)}
+
+
+def index_metadata_of(found: dict[str, bytes]) -> dict:
+    return json.loads(found["model.safetensors.index.json"])["metadata"]
+
+
+def incomplete_uploads(bucket: str, endpoint: str) -> list:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    return client.list_multipart_uploads(Bucket=bucket.removeprefix("s3://")).get("Uploads", [])
+
+
+@pytest.mark.remote
+def test_a_tree_spanning_processes_saves_to_a_bucket_the_objects_one_process_would_write(bucket, s3_endpoint):
+    results = run("save", 2, f"{bucket}/multi", FSSPEC_S3_ENDPOINT_URL=s3_endpoint, **BUCKET_SAVE)
+    assert all("ok" in r for r in results), results
+    whole = whole_tree(scale=1024)
+    ckptschema.save(f"{bucket}/single", whole, max_shard_size="30MB")
+    multi, single = objects(f"{bucket}/multi"), objects(f"{bucket}/single")
+    assert len(multi) == len(single) == 4  # the index and 3 shards, no staging object left
+    assert [multi[k] for k in sorted(multi)][:-1] == [single[k] for k in sorted(single)][:-1]  # the shards
+    assert json.loads(multi["model.safetensors.index.json"])["metadata"] == index_metadata_of(single)
+    expected = {k: t.digest for k, t in ckptschema.manifest_of(whole).tensors.items()}
+    assert all(r["ok"]["digests"] == expected for r in results)
+    assert_same_tree(ckptschema.load(f"{bucket}/multi", verify=True), whole)
+    assert incomplete_uploads(bucket, s3_endpoint) == []
+
+
+@pytest.mark.remote
+@pytest.mark.parametrize("refused", ["put_object", "upload_part_copy"])
+def test_a_bucket_save_failing_in_one_process_fails_in_every_process_and_leaves_only_the_old(
+    bucket, s3_endpoint, refused
+):
+    url = f"{bucket}/ckpt"
+    ckptschema.save(url, whole_tree(step=1), max_shard_size="20KB")
+    before = objects(url)
+    results = run("fails_in_one_bucket", 2, url, FSSPEC_S3_ENDPOINT_URL=s3_endpoint, FAIL_CALL=refused, **BUCKET_SAVE)
+    assert [r["error"] for r in results] == ["CkptSchemaError", "CkptSchemaError"]
+    assert results[0]["message"].startswith(f"{url}: the save failed in process 1 of 2: {url}/")
+    assert results[1]["message"].endswith(f"(OSError: {refused} refused)")
+    assert objects(url) == before
+    assert incomplete_uploads(bucket, s3_endpoint) == []
+    assert ckptschema.load(url)["step"] == 1
+
+
 @pytest.mark.parametrize("victim", [0, 1])
 def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(tmp_path, victim):
     ckptschema.save(tmp_path / "ckpt", whole_tree(step=1), max_shard_size="20KB")
@@ -181,8 +239,10 @@ def test_a_tree_spanning_processes_is_refused_for_a_single_file_or_object_storag
             f"directory (the Hugging Face layout); give a directory path, not a .safetensors file"
         ),
         "url": (
-            "s3://bucket/ckpt: a tree whose arrays span processes is saved in place into a directory on a file "
-            "system every process shares; saving it to object storage from several processes is not supported"
+            "memory://bucket/ckpt: a tree whose arrays span processes is saved to object storage only on S3 "
+            "(s3://): each process uploads its own bytes and the store composes the shards from them "
+            "(UploadPartCopy), which MemoryFileSystem does not offer; save to an s3:// URL or to a directory on a "
+            "file system every process shares"
         ),
         "dumps": (
             "dumps needs every tensor's bytes in this process, but the tree has arrays that span processes; save "
