@@ -180,8 +180,8 @@ def _method(args: argparse.Namespace, counts: tuple[int, int, int], scaling: lis
         "- RSS added by a load: fresh subprocess per tool, imports and backend start done first, VmHWM reset via "
         "`/proc/self/clear_refs`, then VmHWM after the load minus before."
         + (" Quick mode measures only ckptschema and safetensors.numpy on big." if args.quick else ""),
-        "- ckptschema saves with its defaults: sha256 of every tensor and an atomic write with fsync of the file "
-        "and its directory. `safetensors.numpy+fsync` is the like-for-like save reference: "
+        "- ckptschema saves with its defaults: a BLAKE3 digest of every tensor and an atomic write with fsync of "
+        "the file and its directory. `safetensors.numpy+fsync` is the like-for-like save reference: "
         "`safetensors.numpy.save_file`, then `os.fsync` of the file and of its directory (save only: its file "
         "and load are safetensors.numpy's); no other tool fsyncs. safetensors.numpy writes bfloat16 fine in "
         "safetensors 0.8 (ml_dtypes).",

@@ -52,7 +52,7 @@ class CkptSchema(Tool):
         self.template = template
         if verify:
             self.name = "ckptschema verify=True"
-            self.note = "as above plus sha256 of every tensor on load"
+            self.note = "as above plus the digest of every tensor checked on load"
         if template == "params":
             self.name = "ckptschema template=params"
             self.note = "template = the jax.Array tree itself (load(path, template=params))"

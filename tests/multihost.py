@@ -166,16 +166,16 @@ def scenario_load_without_template(directory: str) -> dict:
 def scenario_kill_mid_save(directory: str) -> dict:
     """Process ``VICTIM`` dies (SIGKILL) while it writes its blocks; the others wait for it in vain."""
     if jax.process_index() == int(os.environ["VICTIM"]):
-        real = os.pwrite
+        real = os.pwritev
         calls = []
 
-        def dying(fd: int, data: bytes, offset: int) -> int:
+        def dying(fd: int, buffers: list, offset: int) -> int:
             calls.append(offset)
             if len(calls) == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(fd, data, offset)
+            return real(fd, buffers, offset)
 
-        os.pwrite = dying
+        os.pwritev = dying
     return scenario_save(directory)
 
 
